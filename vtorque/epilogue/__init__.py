@@ -1,0 +1,1 @@
+"""epilogue layer (see ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""ibverbs layer (see ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""mpi layer (see ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""prologue layer (see ARCHITECTURE.md)."""

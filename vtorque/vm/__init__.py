@@ -1,0 +1,1 @@
+"""Guests on one node: decide (spec), render (templates), apply (host, lifecycle)."""
