@@ -1,0 +1,154 @@
+"""`vtorque`: the admin's and the hooks' command.
+
+    vtorque config check [--config PATH]
+    vtorque image list | vtorque image check NAME
+    vtorque vm up --job ID --request 'img=NAME,vcpus=1,ram=256M,vms_per_node=2'
+    vtorque vm list [--job ID]
+    vtorque vm down --job ID
+
+Exit status: 0 success, 1 failure (one line on stderr naming the problem), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from vtorque import config as config_mod
+from vtorque.errors import ConfigError, VtorqueError
+
+
+def _load(args) -> config_mod.Config:
+    return config_mod.load(args.config)
+
+
+def cmd_config_check(args) -> int:
+    path = config_mod.resolve_path(args.config)
+    try:
+        config_mod.load(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{path}: {problem}")
+        return 1
+    print("ok")
+    return 0
+
+
+def cmd_image_list(args) -> int:
+    from vtorque.images import Catalog
+    cfg = _load(args)
+    catalog = Catalog(cfg.image_pool)
+    for name in catalog.names():
+        try:
+            image = catalog.describe(name)
+            print(f"{name}\t{image.kind}\t{image.distro}\t{image.arch}")
+        except VtorqueError as exc:
+            print(f"{name}\tBROKEN\t{exc}")
+    return 0
+
+
+def cmd_image_check(args) -> int:
+    from vtorque.images import Catalog
+    cfg = _load(args)
+    catalog = Catalog(cfg.image_pool,
+                      checksum_cache=os.path.join(cfg.state_dir, ".checksums"))
+    image = catalog.authorize(args.name)
+    print(f"{image.name}: authorized ({image.kind}, {image.distro}, {image.arch})")
+    return 0
+
+
+def cmd_vm_up(args) -> int:
+    from vtorque.request import parse_request
+    from vtorque.vm import lifecycle
+    cfg = _load(args)
+    request = parse_request(args.request, cfg)
+    result = lifecycle.up(args.job, request, cfg, first_rank=args.first_rank)
+    if args.json:
+        print(json.dumps({"job": result.job_id, "seconds": round(result.seconds, 3),
+                          "guests": [g.__dict__ for g in result.guests]}))
+    else:
+        for guest in result.guests:
+            print(f"{guest.name}\trank {guest.rank}\t{guest.hostname}\tready after "
+                  f"{guest.ready_seconds:.1f} s")
+        print(f"job {result.job_id}: {len(result.guests)} guest(s) up in "
+              f"{result.seconds:.1f} s")
+    return 0
+
+
+def cmd_vm_list(args) -> int:
+    from vtorque.vm import lifecycle
+    cfg = _load(args)
+    guests = lifecycle.list_guests(cfg, args.job)
+    if args.json:
+        print(json.dumps([g.__dict__ for g in guests]))
+        return 0
+    if guests:
+        print("JOB\tRANK\tDOMAIN\tSTATE")
+    for guest in guests:
+        print(f"{guest.job_id}\t{guest.rank}\t{guest.name}\t{guest.state}")
+    return 0
+
+
+def cmd_vm_down(args) -> int:
+    from vtorque.vm import lifecycle
+    cfg = _load(args)
+    destroyed = lifecycle.down(args.job, cfg)
+    print(f"job {args.job}: {len(destroyed)} guest(s) destroyed, job files removed")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vtorque", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="config file (default: $VTORQUE_CONFIG or "
+                        f"{config_mod.DEFAULT_PATH})")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    cfg = sub.add_parser("config", help="the site configuration")
+    cfg_sub = cfg.add_subparsers(dest="action", required=True)
+    check = cfg_sub.add_parser("check", help="validate the config file; print ok or problems")
+    check.add_argument("--config", dest="config", default=argparse.SUPPRESS)
+    check.set_defaults(func=cmd_config_check)
+
+    img = sub.add_parser("image", help="the authorized image pool")
+    img_sub = img.add_subparsers(dest="action", required=True)
+    img_sub.add_parser("list", help="list catalog images").set_defaults(func=cmd_image_list)
+    img_check = img_sub.add_parser("check", help="run every root-side check on one image")
+    img_check.add_argument("name")
+    img_check.set_defaults(func=cmd_image_check)
+
+    vm = sub.add_parser("vm", help="a job's guests on this node")
+    vm_sub = vm.add_subparsers(dest="action", required=True)
+    vm_up = vm_sub.add_parser("up", help="start a job's guests and wait until they answer")
+    vm_up.add_argument("--job", required=True, help="job id")
+    vm_up.add_argument("--request", required=True, action="append",
+                       help="key=value[,key=value] (repeatable)")
+    vm_up.add_argument("--first-rank", type=int, default=0,
+                       help="rank of this node's first guest (default 0)")
+    vm_up.add_argument("--json", action="store_true", help="machine-readable output")
+    vm_up.set_defaults(func=cmd_vm_up)
+    vm_list = vm_sub.add_parser("list", help="list vtorque guests on this node")
+    vm_list.add_argument("--job", help="only this job's guests")
+    vm_list.add_argument("--json", action="store_true", help="machine-readable output")
+    vm_list.set_defaults(func=cmd_vm_list)
+    vm_down = vm_sub.add_parser("down", help="destroy a job's guests and files (idempotent)")
+    vm_down.add_argument("--job", required=True, help="job id")
+    vm_down.set_defaults(func=cmd_vm_down)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except VtorqueError as exc:
+        print(f"vtorque: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("vtorque: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""The site configuration: one YAML file, validated as it loads.
+
+Every key, its type, its default and its meaning are declared once, in SCHEMA below;
+conf/vtorque.yaml documents the same keys for admins (a unit test keeps the two in step).
+Loading collects every problem (unknown key, wrong type, out of range, missing file) and
+raises one ConfigError naming the file and each key; nothing half-valid is ever returned.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vtorque.errors import ConfigError
+from vtorque.units import parse_bool, parse_size_mib
+
+DEFAULT_PATH = "/etc/vtorque/vtorque.yaml"
+ENV_VAR = "VTORQUE_CONFIG"
+
+HYPERVISORS = ("auto", "kvm", "qemu")
+NETWORK_MODES = ("none", "network", "bridge")
+FS_TYPES = ("sharedfs", "ramdisk")
+ARCHES = ("x86_64",)
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_MAC_PREFIX = re.compile(r"[0-9a-f]{2}:[0-9a-f]{2}:[0-9a-f]{2}")
+
+
+# --- field checkers: each takes the raw YAML value, returns the typed value or raises
+# ValueError with what was expected. -------------------------------------------------
+
+def _int(lo: int, hi: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer from {lo} to {hi}")
+        if not lo <= value <= hi:
+            raise ValueError(f"expected an integer from {lo} to {hi}, got {value}")
+        return value
+    return check
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 86400:
+        raise ValueError("expected a number of seconds above 0 and at most 86400")
+    return float(value)
+
+
+def _size(lo_mib: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise ValueError("expected a size such as 512M or 4G")
+        mib = parse_size_mib(str(value))
+        if mib < lo_mib:
+            raise ValueError(f"expected at least {lo_mib}M, got {value}")
+        return mib
+    return check
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError("expected one of " + ", ".join(choices))
+        return value
+    return check
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return parse_bool(value)
+    raise ValueError("expected true or false")
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ValueError("expected a name of letters, digits, '.', '_' or '-'")
+    return value
+
+
+def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def inner(value: Any) -> Any:
+        return None if value is None else check(value)
+    return inner
+
+
+def _abs_path(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+        raise ValueError("expected an absolute path")
+    return os.path.normpath(value)
+
+
+def _existing_dir(value: Any) -> str:
+    path = _abs_path(value)
+    if not os.path.isdir(path):
+        raise ValueError(f"directory {path} does not exist")
+    return path
+
+
+def _uri(value: Any) -> str:
+    if not isinstance(value, str) or "://" not in value:
+        raise ValueError("expected a libvirt URI such as qemu:///system")
+    return value
+
+
+def _mac_prefix(value: Any) -> str:
+    if not isinstance(value, str) or not _MAC_PREFIX.fullmatch(value.lower()):
+        raise ValueError("expected three hex octets such as 52:54:00")
+    if int(value[:2], 16) & 1:
+        raise ValueError("expected a unicast prefix (first octet even)")
+    return value.lower()
+
+
+@dataclass(frozen=True)
+class Field:
+    check: Callable[[Any], Any]
+    default: Any
+    doc: str
+
+
+# Every key of the file: section -> key -> Field. Defaults are raw YAML values and go
+# through the same checks as the admin's values.
+SCHEMA: dict[str, dict[str, Field] | Field] = {
+    "image_pool": Field(_existing_dir, "/var/lib/vtorque/images",
+                        "directory of authorized images: one <name>.yaml descriptor each"),
+    "state_dir": Field(_abs_path, "/var/lib/vtorque/jobs",
+                       "per-job state on this node (overlays, seeds, journal)"),
+    "ramdisk_dir": Field(_abs_path, "/dev/shm/vtorque",
+                         "where overlays live for fs_type=ramdisk"),
+    "min_free_space": Field(_size(0), "1G",
+                            "refuse to start guests when the file system holding their "
+                            "disks has less free space than this"),
+    "hypervisor": Field(_choice(HYPERVISORS), "auto",
+                        "kvm, qemu (TCG software emulation) or auto (kvm when usable)"),
+    "libvirt_uri": Field(_uri, "qemu:///system", "libvirt connection URI"),
+    "qemu_user": Field(_name, "libvirt-qemu", "user QEMU runs as (owner of guest disks)"),
+    "qemu_group": Field(_name, "kvm", "group QEMU runs as (may traverse job directories)"),
+    "machine_type": Field(_choice(("q35", "pc")), "q35", "QEMU machine type of the guests"),
+    "host_reserve": {
+        "cores": Field(_int(0, 1024), 1, "cores kept for the host, never given to guests"),
+        "memory": Field(_size(0), "1G", "memory kept for the host"),
+    },
+    "defaults": {
+        "img": Field(_optional(_name), None, "image used when the request names none"),
+        "distro": Field(_optional(_name), None, "distro used to pick an image by distro"),
+        "arch": Field(_choice(ARCHES), "x86_64", "guest architecture"),
+        "vcpus": Field(_int(1, 4096), 1, "virtual CPUs per guest"),
+        "ram": Field(_size(16), "1G", "memory per guest"),
+        "vms_per_node": Field(_int(1, 256), 1, "guests per allocated node"),
+        "vcpu_pinning": Field(_bool, False, "pin each vCPU to one host core"),
+        "disk": Field(_size(0), "0", "scratch disk for guest rank 0 (0 = none)"),
+        "vrdma": Field(_bool, False, "RDMA device in every guest"),
+        "fs_type": Field(_choice(FS_TYPES), "sharedfs",
+                         "where guest overlays live: sharedfs (state_dir) or ramdisk"),
+    },
+    "limits": {
+        "vcpus": Field(_int(1, 4096), 64, "most vCPUs per guest"),
+        "ram": Field(_size(16), "256G", "most memory per guest"),
+        "min_ram": Field(_size(16), "64M", "least memory per guest"),
+        "vms_per_node": Field(_int(1, 256), 8, "most guests per node"),
+        "disk": Field(_size(0), "100G", "largest scratch disk"),
+    },
+    "timeouts": {
+        "provision": Field(_seconds, 240, "whole node-local start of a job's guests; keep it "
+                           "below Torque's $prologalarm (300 s by default)"),
+        "guest_ready": Field(_seconds, 180, "one guest, from start to its ready signal"),
+        "teardown": Field(_seconds, 60, "destroying a job's guests and files"),
+    },
+    "network": {
+        "mode": Field(_choice(NETWORK_MODES), "none",
+                      "none (no NIC), network (a libvirt network), bridge (a host bridge)"),
+        "name": Field(_name, "default", "libvirt network for mode=network"),
+        "bridge": Field(_name, "br0", "host bridge for mode=bridge"),
+        "mac_prefix": Field(_mac_prefix, "52:54:00", "first three octets of guest MACs"),
+    },
+}
+
+
+@dataclass(frozen=True)
+class Section:
+    """A validated section: attribute access to its keys."""
+    values: Mapping[str, Any]
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self.values[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    image_pool: str
+    state_dir: str
+    ramdisk_dir: str
+    min_free_space: int
+    hypervisor: str
+    libvirt_uri: str
+    qemu_user: str
+    qemu_group: str
+    machine_type: str
+    host_reserve: Section
+    defaults: Section
+    limits: Section
+    timeouts: Section
+    network: Section
+
+
+def resolve_path(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """--config wins, then $VTORQUE_CONFIG, then the default path."""
+    if explicit:
+        return explicit
+    env = os.environ if environ is None else environ
+    return env.get(ENV_VAR) or DEFAULT_PATH
+
+
+def load(path: str | None = None) -> Config:
+    """Read and validate the config file; raise ConfigError listing every problem."""
+    path = resolve_path(path)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(path, ["file not found"]) from None
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read: {exc.strerror}"]) from None
+    return parse(text, path)
+
+
+def parse(text: str, path: str = "<string>") -> Config:
+    """Validate YAML text as a config; `path` only names the source in messages."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(path, [f"not valid YAML{where}"]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(path, ["expected a mapping of keys at the top level"])
+    problems: list[str] = []
+    values = _validate(raw, SCHEMA, "", problems)
+    if problems:
+        raise ConfigError(path, problems)
+    if values["limits"]["min_ram"] > values["limits"]["ram"]:
+        problems.append("limits.min_ram: must not exceed limits.ram")
+    for key in ("vcpus", "ram", "vms_per_node", "disk"):
+        if values["defaults"][key] > values["limits"][key]:
+            problems.append(f"defaults.{key}: exceeds limits.{key}")
+    if problems:
+        raise ConfigError(path, problems)
+    sections = {k: Section(v) if isinstance(v, dict) else v for k, v in values.items()}
+    return Config(path=path, **sections)
+
+
+def _validate(raw: dict, schema: dict, prefix: str, problems: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in raw:
+        if key not in schema:
+            problems.append(f"{prefix}{key}: unknown key")
+    for key, spec in schema.items():
+        name = f"{prefix}{key}"
+        if isinstance(spec, dict):
+            sub = raw.get(key, {})
+            if sub is None:
+                sub = {}
+            if not isinstance(sub, dict):
+                problems.append(f"{name}: expected a mapping")
+                sub = {}
+            out[key] = _validate(sub, spec, name + ".", problems)
+            continue
+        value = raw.get(key, spec.default)
+        try:
+            out[key] = spec.check(value)
+        except ValueError as exc:
+            problems.append(f"{name}: {exc}")
+    return out
+
+
+def iter_fields(schema: dict | None = None, prefix: str = ""):
+    """Yield (dotted key, Field) for every key, for docs and tests."""
+    for key, spec in (SCHEMA if schema is None else schema).items():
+        if isinstance(spec, dict):
+            yield from iter_fields(spec, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", spec

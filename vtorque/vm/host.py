@@ -1,0 +1,171 @@
+"""The only module that talks to libvirt. It turns libvirtError into vtorque errors and
+treats "already gone" as success when destroying (as nova's host.py does)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+import libvirt
+
+from vtorque.errors import HypervisorError
+from vtorque.vm.spec import METADATA_NS
+
+_GONE = {libvirt.VIR_ERR_NO_DOMAIN}
+_NOT_RUNNING = {libvirt.VIR_ERR_OPERATION_INVALID}
+
+# libvirt prints every error to stderr by default; we report errors ourselves.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+STATE_NAMES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "nostate", libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "blocked", libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "shutdown", libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed", libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
+}
+
+
+@dataclass(frozen=True)
+class TaggedDomain:
+    name: str
+    uuid: str
+    job_id: str
+    rank: int
+    state: str
+    persistent: bool
+
+
+class Host:
+    """A libvirt connection with the handful of operations vtorque needs."""
+
+    def __init__(self, uri: str, retries: int = 3, retry_delay: float = 1.0):
+        self.uri = uri
+        self._lock = threading.Lock()
+        last = None
+        for attempt in range(retries):
+            try:
+                self._conn = libvirt.open(uri)
+                break
+            except libvirt.libvirtError as exc:
+                last = exc
+                if attempt + 1 < retries:
+                    time.sleep(retry_delay)
+        else:
+            raise HypervisorError(f"cannot connect to libvirt at {uri}: "
+                                  f"{_message(last)}") from None
+
+    def close(self) -> None:
+        try:
+            self._conn.close()
+        except libvirt.libvirtError:
+            pass
+
+    def __enter__(self) -> Host:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def domain_types(self) -> set[str]:
+        """Domain types this hypervisor offers for x86_64 (e.g. {'qemu', 'kvm'})."""
+        caps = ET.fromstring(self._conn.getCapabilities())
+        types = set()
+        for guest in caps.findall("guest"):
+            if guest.findtext("arch/emulator") is None and guest.find("arch") is None:
+                continue
+            for dom in guest.findall("arch/domain"):
+                types.add(dom.get("type"))
+        return types
+
+    def start_transient(self, xml: str) -> str:
+        """Create and start a transient domain; return its UUID."""
+        try:
+            dom = self._conn.createXML(xml, 0)
+            return dom.UUIDString()
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"libvirt refused to start the guest: {_message(exc)}") \
+                from None
+
+    def state(self, name: str) -> str | None:
+        """'running', 'shutoff', ... or None when no such domain exists."""
+        try:
+            dom = self._conn.lookupByName(name)
+            return STATE_NAMES.get(dom.state()[0], "unknown")
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in _GONE:
+                return None
+            raise HypervisorError(f"cannot query guest {name}: {_message(exc)}") from None
+
+    def destroy(self, name: str) -> None:
+        """Force off and undefine `name`; a missing, stopped or vanished domain is fine."""
+        try:
+            dom = self._conn.lookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in _GONE:
+                return
+            raise HypervisorError(f"cannot look up guest {name}: {_message(exc)}") from None
+        try:
+            dom.destroy()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() not in _GONE | _NOT_RUNNING:
+                raise HypervisorError(f"cannot destroy guest {name}: {_message(exc)}") \
+                    from None
+        try:
+            if dom.isPersistent():
+                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+                                  | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() not in _GONE:
+                raise HypervisorError(f"cannot undefine guest {name}: {_message(exc)}") \
+                    from None
+
+    def tagged_domains(self, job_id: str | None = None) -> list[TaggedDomain]:
+        """Every domain carrying our job tag (of `job_id` only, compared exactly)."""
+        try:
+            domains = self._conn.listAllDomains(0)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"cannot list guests: {_message(exc)}") from None
+        found = []
+        for dom in domains:
+            tag = _job_tag(dom)
+            if tag is None or (job_id is not None and tag[0] != job_id):
+                continue
+            try:
+                state = STATE_NAMES.get(dom.state()[0], "unknown")
+                found.append(TaggedDomain(dom.name(), dom.UUIDString(), tag[0], tag[1],
+                                          state, bool(dom.isPersistent())))
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() in _GONE:
+                    continue  # vanished between list and query
+                raise HypervisorError(f"cannot query guest: {_message(exc)}") from None
+        return sorted(found, key=lambda d: (d.job_id, d.rank, d.name))
+
+    def qemu_pid(self, name: str) -> int | None:
+        """PID of the domain's QEMU process, read from libvirt's pid file when present."""
+        for run_dir in ("/run/libvirt/qemu", "/var/run/libvirt/qemu"):
+            try:
+                with open(f"{run_dir}/{name}.pid") as handle:
+                    return int(handle.read().strip())
+            except (OSError, ValueError):
+                continue
+        return None
+
+
+def _job_tag(dom) -> tuple[str, int] | None:
+    try:
+        text = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS, 0)
+    except libvirt.libvirtError:
+        return None  # no metadata of ours: not a vtorque domain (or already gone)
+    try:
+        elem = ET.fromstring(text)
+        return elem.attrib["id"], int(elem.attrib.get("rank", "-1"))
+    except (ET.ParseError, KeyError, ValueError):
+        return None
+
+
+def _message(exc: BaseException | None) -> str:
+    if isinstance(exc, libvirt.libvirtError):
+        return (exc.get_error_message() or str(exc)).strip()
+    return str(exc)

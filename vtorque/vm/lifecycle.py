@@ -1,0 +1,214 @@
+"""The node-local life cycle of a job's guests: up, list, down.
+
+up() checks the request against this node, decides every guest (spec), makes the files,
+starts the guests in parallel as transient libvirt domains tagged with the job id, and
+waits until each answers. Any failure rolls back with down(), the same code the epilogue
+runs. down() finds guests by their libvirt tag and by the journal, destroys them
+("already gone" is success), removes every file of the job, and keeps going past single
+failures, reporting all of them at the end. Running it twice, or for a job that never
+started, succeeds.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import filelock
+
+from vtorque import node
+from vtorque.config import Config
+from vtorque.errors import HypervisorError, NodeError, ResourceError, TeardownError, VtorqueError
+from vtorque.files import ensure_parent_dirs, make_dir, remove_file, remove_tree
+from vtorque.images import Catalog
+from vtorque.journal import JobPaths, Journal
+from vtorque.request import VmRequest, check_fits_node, check_image_matches, image_name
+from vtorque.vm import disks, readiness
+from vtorque.vm.host import Host
+from vtorque.vm.render import domain_xml
+from vtorque.vm.seed import seed_documents, write_seed_iso
+from vtorque.vm.spec import GuestSpec, build_guest_specs
+
+LOCK_TIMEOUT = 30.0
+# Per guest on-disk need beyond the overlay's growth: seed, console log, qcow2 metadata.
+_FIXED_MIB_PER_GUEST = 16
+
+
+@dataclass(frozen=True)
+class Guest:
+    job_id: str
+    rank: int
+    name: str
+    hostname: str
+    state: str
+    mac: str | None = None
+    ready_seconds: float | None = None
+
+
+@dataclass
+class UpResult:
+    job_id: str
+    guests: list[Guest] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def paths_for(job_id: str, config: Config) -> JobPaths:
+    return JobPaths.for_job(job_id, config.state_dir, config.ramdisk_dir)
+
+
+def _job_lock(paths: JobPaths) -> filelock.FileLock:
+    ensure_parent_dirs(os.path.dirname(paths.lock), 0o700)
+    return filelock.FileLock(paths.lock, timeout=LOCK_TIMEOUT)
+
+
+def up(job_id: str, request: VmRequest, config: Config, *, first_rank: int = 0,
+       catalog: Catalog | None = None) -> UpResult:
+    """Start this node's guests of `job_id` and wait until all answer."""
+    started = time.monotonic()
+    paths = paths_for(job_id, config)
+    catalog = catalog or Catalog(config.image_pool,
+                                 checksum_cache=os.path.join(config.state_dir, ".checksums"))
+    image = catalog.authorize(image_name(request, catalog))
+    check_image_matches(request, image)
+    facts = node.facts()
+    check_fits_node(request, facts.cores, facts.memory_mib, config)
+    _check_free_space(request, config)
+    qemu_uid, qemu_gid = qemu_ids(config)
+    tokens = [secrets.token_hex(8) for _ in range(request.vms_per_node)]
+    specs = build_guest_specs(paths=paths, request=request, image=image, config=config,
+                              domain_type=node.domain_type(config.hypervisor),
+                              first_rank=first_rank, tokens=tokens,
+                              qemu_uid=qemu_uid, qemu_gid=qemu_gid)
+    with _job_lock(paths), Host(config.libvirt_uri) as host:
+        if host.tagged_domains(job_id) or os.path.lexists(paths.job_dir):
+            # Left over from a killed prologue or a requeue: clear it, then start afresh.
+            _teardown(paths, host, config)
+        try:
+            return _provision(paths, specs, host, config, started)
+        except BaseException as exc:
+            try:
+                _teardown(paths, host, config)
+            except VtorqueError as cleanup_exc:
+                if isinstance(exc, VtorqueError):
+                    raise type(exc)(f"{exc}; rollback also failed: {cleanup_exc}") from None
+            raise
+
+
+def _provision(paths: JobPaths, specs: list[GuestSpec], host: Host, config: Config,
+               started: float) -> UpResult:
+    ensure_parent_dirs(config.state_dir, 0o755)
+    make_dir(paths.job_dir, 0o710, gid=specs[0].qemu_gid)
+    if any(spec.overlay and spec.overlay.path.startswith(paths.ramdisk_dir + "/")
+           for spec in specs):
+        ensure_parent_dirs(config.ramdisk_dir, 0o755)
+        make_dir(paths.ramdisk_dir, 0o710, gid=specs[0].qemu_gid)
+    journal = Journal(paths.journal)
+    journal.record("job-start", job_id=paths.job_id, guests=[s.name for s in specs])
+    timeouts = config.timeouts
+
+    def start_one(spec: GuestSpec) -> None:
+        # Write-ahead: the journal names the domain before it can exist.
+        journal.record("guest-starting", domain=spec.name, rank=spec.rank)
+        made = disks.create_disks(spec, timeout=timeouts.provision)
+        if spec.seed is not None:
+            write_seed_iso(spec.seed.path, seed_documents(spec), gid=spec.qemu_gid)
+            made.append(spec.seed.path)
+        uuid = host.start_transient(domain_xml(spec))
+        journal.record("guest-started", domain=spec.name, rank=spec.rank, uuid=uuid,
+                       files=made, qemu_pid=host.qemu_pid(spec.name))
+
+    with ThreadPoolExecutor(max_workers=len(specs)) as pool:
+        errors = [f.exception() for f in [pool.submit(start_one, s) for s in specs]]
+    failures = [e for e in errors if e is not None]
+    if failures:
+        first = failures[0]
+        raise first if isinstance(first, VtorqueError) else HypervisorError(
+            f"starting guests failed: {first}")
+    remaining = timeouts.provision - (time.monotonic() - started)
+    ready = readiness.wait_ready(specs, min(timeouts.guest_ready, max(remaining, 1.0)),
+                                 host.state)
+    journal.record("job-ready", seconds=round(time.monotonic() - started, 3))
+    guests = [Guest(s.job_id, s.rank, s.name, s.hostname, "running",
+                    s.nic.mac if s.nic else None, round(ready[s.name], 3)) for s in specs]
+    return UpResult(paths.job_id, guests, time.monotonic() - started)
+
+
+def down(job_id: str, config: Config) -> list[str]:
+    """Destroy every guest and remove every file of `job_id` on this node.
+
+    Returns the domain names destroyed. Raises TeardownError listing what could not be
+    removed; everything else is still removed.
+    """
+    paths = paths_for(job_id, config)
+    with _job_lock(paths), Host(config.libvirt_uri) as host:
+        destroyed = _teardown(paths, host, config)
+    remove_file(paths.lock)
+    return destroyed
+
+
+def _teardown(paths: JobPaths, host: Host, config: Config) -> list[str]:
+    failures: list[str] = []
+    names: list[str] = []
+    try:
+        names = [d.name for d in host.tagged_domains(paths.job_id)]
+    except HypervisorError as exc:
+        failures.append(str(exc))
+    for name in Journal(paths.journal).domain_names():
+        if name not in names:
+            names.append(name)
+    deadline = time.monotonic() + config.timeouts.teardown
+    for name in names:
+        try:
+            host.destroy(name)
+        except HypervisorError as exc:
+            failures.append(str(exc))
+    # libvirt's destroy returns after QEMU has exited; check anyway so that a stuck QEMU
+    # is reported, not silently left holding the job's disks.
+    for name in names:
+        while time.monotonic() < deadline:
+            try:
+                if host.state(name) is None:
+                    break
+            except HypervisorError:
+                break
+            time.sleep(0.05)
+        else:
+            failures.append(f"guest {name} still exists after destroy")
+    for directory in (paths.job_dir, paths.ramdisk_dir):
+        try:
+            remove_tree(directory)
+        except OSError as exc:
+            failures.append(f"cannot remove {directory}: {exc.strerror}")
+    if failures:
+        raise TeardownError(paths.job_id, failures)
+    return names
+
+
+def list_guests(config: Config, job_id: str | None = None) -> list[Guest]:
+    """Every vtorque guest on this node (of one job when given), found by its tag."""
+    with Host(config.libvirt_uri) as host:
+        return [Guest(d.job_id, d.rank, d.name, "", d.state)
+                for d in host.tagged_domains(job_id)]
+
+
+def _check_free_space(request: VmRequest, config: Config) -> None:
+    where = config.ramdisk_dir if request.fs_type == "ramdisk" else config.state_dir
+    need = config.min_free_space + request.vms_per_node * _FIXED_MIB_PER_GUEST
+    free = node.free_space_mib(where)
+    if free < need:
+        raise ResourceError(f"not enough free space for guest disks in {where}: {free} MiB "
+                            f"free, {need} MiB needed (min_free_space plus per-guest files)")
+
+
+def qemu_ids(config: Config) -> tuple[int, int]:
+    """uid and gid QEMU runs as (config keys qemu_user, qemu_group)."""
+    try:
+        return pwd.getpwnam(config.qemu_user).pw_uid, grp.getgrnam(config.qemu_group).gr_gid
+    except KeyError:
+        raise NodeError(f"QEMU user {config.qemu_user!r} or group {config.qemu_group!r} does "
+                        "not exist on this node (config keys qemu_user, qemu_group)") from None

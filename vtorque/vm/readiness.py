@@ -1,0 +1,81 @@
+"""Waiting for guests to answer.
+
+A guest is ready when its serial console prints `vtorque-ready <token>` with the token
+the host gave it (kernel command line or cloud-init seed). libvirt's virtlogd writes the
+console to a root-owned log in the job directory, so the signal needs no network, no
+agent in the guest and no polling of ARP tables; the per-guest token means an old log or
+another guest cannot be mistaken for this one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+
+from vtorque.errors import GuestTimeout, HypervisorError
+from vtorque.vm.spec import GuestSpec
+
+POLL_SECONDS = 0.05
+TAIL_BYTES = 600
+
+
+def console_has(path: str, line: str) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        return False
+    return line.encode() in data
+
+
+def console_tail(path: str, lines: int = 3) -> str:
+    """The last console lines, for error messages ('' when there is no log)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, os.path.getsize(path) - TAIL_BYTES))
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return ""
+    kept = [ln.strip() for ln in text.replace("\r", "\n").splitlines() if ln.strip()]
+    return " | ".join(kept[-lines:])
+
+
+def wait_ready(specs: Sequence[GuestSpec], timeout: float,
+               state_of: Callable[[str], str | None],
+               clock: Callable[[], float] = time.monotonic) -> dict[str, float]:
+    """Wait until every guest printed its ready line; return seconds to ready per guest.
+
+    Fails fast when a guest stops running; raises GuestTimeout naming the guests that did
+    not answer (with their last console lines) once `timeout` has passed.
+    """
+    start = clock()
+    pending = {spec.name: spec for spec in specs}
+    ready: dict[str, float] = {}
+    next_state_check = start
+    while pending:
+        for name, spec in list(pending.items()):
+            if console_has(spec.console_log, spec.ready_line):
+                ready[name] = clock() - start
+                del pending[name]
+        if not pending:
+            break
+        now = clock()
+        if now >= next_state_check:
+            next_state_check = now + 0.5
+            for name, spec in pending.items():
+                state = state_of(name)
+                if state != "running":
+                    tail = console_tail(spec.console_log)
+                    raise HypervisorError(
+                        f"guest {name} stopped before it was ready (state {state or 'gone'})"
+                        + (f"; console: {tail}" if tail else ""))
+        if now - start >= timeout:
+            details = []
+            for name, spec in sorted(pending.items()):
+                tail = console_tail(spec.console_log)
+                details.append(name + (f" (console: {tail})" if tail else " (no console output)"))
+            raise GuestTimeout(f"{len(pending)} guest(s) did not answer within {timeout:g} s: "
+                               + "; ".join(details))
+        time.sleep(POLL_SECONDS)
+    return ready

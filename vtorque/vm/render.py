@@ -1,0 +1,19 @@
+"""Render frozen guest specs into libvirt domain XML (Jinja2, strict, escaped)."""
+
+from __future__ import annotations
+
+import jinja2
+
+from vtorque.vm.spec import METADATA_NS, GuestSpec
+
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("vtorque.vm", "templates"),
+    undefined=jinja2.StrictUndefined,
+    autoescape=True,          # every value is XML-escaped: job names, paths, ids
+    keep_trailing_newline=True,
+)
+
+
+def domain_xml(spec: GuestSpec) -> str:
+    """The domain XML of one guest."""
+    return _ENV.get_template(spec.template).render(spec=spec, ns=METADATA_NS)

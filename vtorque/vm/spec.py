@@ -1,0 +1,154 @@
+"""Decide everything about a job's guests on one node, as frozen specs (no I/O here).
+
+Templates render these specs and decide nothing; the lifecycle applies them. Linux,
+direct-kernel and OSv guests differ by the defaults and template chosen here, not by
+branches elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+
+from vtorque.config import Config
+from vtorque.images import Image
+from vtorque.journal import JobPaths
+from vtorque.request import VmRequest
+
+READY_PREFIX = "vtorque-ready"
+# Our <metadata> namespace: every domain vtorque starts carries <vt:job id=... rank=...>.
+METADATA_NS = "urn:x-vtorque:job:1"
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    path: str
+    format: str          # qcow2 | raw
+    target: str          # vda, vdb, ...
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class NicSpec:
+    kind: str            # network | bridge
+    source: str
+    mac: str
+
+
+@dataclass(frozen=True)
+class GuestSpec:
+    """One guest, fully decided."""
+    job_id: str
+    rank: int
+    name: str             # libvirt domain name, unique on the node
+    hostname: str
+    template: str         # linux.xml.j2 | osv.xml.j2
+    domain_type: str      # kvm | qemu
+    machine: str
+    vcpus: int
+    memory_mib: int
+    cpuset: tuple[int, ...]          # host cores, one per vCPU when pinned; () = unpinned
+    kernel: str | None
+    initrd: str | None
+    cmdline: str | None
+    overlay: DiskSpec | None         # the guest's root disk (qcow2 overlay on the image)
+    base_image: str | None           # the overlay's backing file
+    base_format: str | None
+    scratch: DiskSpec | None         # rank 0's scratch disk (request key disk)
+    scratch_mib: int
+    seed: DiskSpec | None            # cloud-init NoCloud seed
+    nic: NicSpec | None
+    console_log: str
+    ready_token: str
+    qemu_uid: int
+    qemu_gid: int
+    image_name: str
+    distro: str
+
+    @property
+    def ready_line(self) -> str:
+        return f"{READY_PREFIX} {self.ready_token}"
+
+
+def mac_address(prefix: str, job_id: str, rank: int) -> str:
+    """A MAC derived from the job and rank alone: no polling needed to know it."""
+    digest = hashlib.sha256(f"{job_id}\0{rank}".encode()).digest()
+    return prefix + "".join(f":{b:02x}" for b in digest[:3])
+
+
+def hostname(job_id: str, rank: int) -> str:
+    """vt<job number>-<rank>: short, DNS-safe, unique within the job."""
+    digits = re.match(r"[0-9]*", job_id).group(0)[:12]
+    if not digits:
+        digits = hashlib.sha256(job_id.encode()).hexdigest()[:8]
+    return f"vt{digits}-{rank}"
+
+
+def domain_name(paths: JobPaths, rank: int) -> str:
+    return f"vtorque-{paths.key}-{rank}"
+
+
+def pinned_cores(config: Config, request: VmRequest, local_index: int) -> tuple[int, ...]:
+    """Host cores for guest `local_index` when pinning is asked: guests take consecutive
+    cores after those reserved for the host (assumes the job has the node to itself)."""
+    if not request.vcpu_pinning:
+        return ()
+    first = config.host_reserve.cores + local_index * request.vcpus
+    return tuple(range(first, first + request.vcpus))
+
+
+def build_guest_specs(*, paths: JobPaths, request: VmRequest, image: Image, config: Config,
+                      domain_type: str, first_rank: int, tokens: list[str],
+                      qemu_uid: int, qemu_gid: int) -> list[GuestSpec]:
+    """Specs for the `request.vms_per_node` guests of this node, ranks from `first_rank`."""
+    if len(tokens) != request.vms_per_node:
+        raise ValueError("one ready token per guest is needed")
+    disk_dir = paths.ramdisk_dir if request.fs_type == "ramdisk" else paths.job_dir
+    net = config.network
+    specs = []
+    for index in range(request.vms_per_node):
+        rank = first_rank + index
+        name = domain_name(paths, rank)
+        host = hostname(paths.job_id, rank)
+        overlay = None
+        if image.disk is not None:
+            overlay = DiskSpec(os.path.join(disk_dir, f"{name}.qcow2"), "qcow2", "vda")
+        scratch = None
+        if rank == 0 and request.disk_mib:
+            scratch = DiskSpec(os.path.join(disk_dir, f"{name}.scratch.qcow2"), "qcow2",
+                               "vdb" if overlay else "vda")
+        seed = None
+        if image.kind != "osv":
+            used = [d.target for d in (overlay, scratch) if d]
+            target = next(t for t in ("vda", "vdb", "vdc") if t not in used)
+            seed = DiskSpec(os.path.join(paths.job_dir, f"{name}.seed.iso"), "raw", target,
+                            readonly=True)
+        nic = None
+        if net.mode != "none":
+            source = net.name if net.mode == "network" else net.bridge
+            nic = NicSpec(net.mode, source, mac_address(net.mac_prefix, paths.job_id, rank))
+        cmdline = None
+        if image.kind == "kernel":
+            extra = [f"vtorque.hostname={host}", f"vtorque.ready={tokens[index]}"]
+            if nic is not None:
+                extra.append("vtorque.net=dhcp")
+            cmdline = " ".join(filter(None, [image.cmdline, *extra]))
+        specs.append(GuestSpec(
+            job_id=paths.job_id, rank=rank, name=name, hostname=host,
+            template="osv.xml.j2" if image.kind == "osv" else "linux.xml.j2",
+            domain_type=domain_type, machine=config.machine_type,
+            vcpus=request.vcpus, memory_mib=request.ram_mib,
+            cpuset=pinned_cores(config, request, index),
+            kernel=image.kernel.path if image.kernel else None,
+            initrd=image.initrd.path if image.initrd else None,
+            cmdline=cmdline, overlay=overlay,
+            base_image=image.disk.path if image.disk else None,
+            base_format=image.disk.format if image.disk else None,
+            scratch=scratch, scratch_mib=request.disk_mib if scratch else 0,
+            seed=seed, nic=nic,
+            console_log=os.path.join(paths.job_dir, f"{name}.console.log"),
+            ready_token=tokens[index], qemu_uid=qemu_uid, qemu_gid=qemu_gid,
+            image_name=image.name, distro=image.distro))
+    return specs
