@@ -224,11 +224,13 @@ def load(path: str | None = None) -> Config:
     """Read and validate the config file; raise ConfigError listing every problem."""
     path = resolve_path(path)
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(path, ["file not found"]) from None
     except OSError as exc:
         raise ConfigError(path, [f"cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, ["not UTF-8 text"]) from None
     return parse(text, path)
 
 
@@ -253,6 +255,8 @@ def parse(text: str, path: str = "<string>") -> Config:
     for key in ("vcpus", "ram", "vms_per_node", "disk"):
         if values["defaults"][key] > values["limits"][key]:
             problems.append(f"defaults.{key}: exceeds limits.{key}")
+    if values["defaults"]["ram"] < values["limits"]["min_ram"]:
+        problems.append("defaults.ram: is below limits.min_ram")
     if problems:
         raise ConfigError(path, problems)
     sections = {k: Section(v) if isinstance(v, dict) else v for k, v in values.items()}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-_SIZE = re.compile(r"(?P<num>[0-9]+)(?P<unit>[KMGT]?)(?:I?B)?", re.IGNORECASE)
+# The B/iB suffix only after a unit letter: "512B" means bytes, not 512 MiB, so it is refused.
+_SIZE = re.compile(r"(?P<num>[0-9]+)(?:(?P<unit>[KMGT])(?:I?B)?)?", re.IGNORECASE)
 _SHIFT = {"K": 10, "M": 20, "G": 30, "T": 40}
 
 TRUE_WORDS = frozenset({"yes", "true", "enabled", "on", "1"})
@@ -21,7 +22,7 @@ def parse_size_mib(text: str) -> int:
     if not match:
         raise ValueError("expected a size such as 512M, 4G or 1T")
     num = int(match["num"])
-    unit = match["unit"].upper() or "M"
+    unit = (match["unit"] or "M").upper()
     size_bytes = num << _SHIFT[unit]
     if size_bytes % (1 << 20):
         raise ValueError("size must be a whole number of MiB")

@@ -11,6 +11,7 @@ started, succeeds.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
@@ -61,9 +62,23 @@ def paths_for(job_id: str, config: Config) -> JobPaths:
     return JobPaths.for_job(job_id, config.state_dir, config.ramdisk_dir)
 
 
-def _job_lock(paths: JobPaths) -> filelock.FileLock:
+@contextlib.contextmanager
+def _job_lock(paths: JobPaths):
+    """Serialize up and down of one job on this node. The lock file goes away with the
+    job: it is removed on release whenever the job has no state left here."""
     ensure_parent_dirs(os.path.dirname(paths.lock), 0o700)
-    return filelock.FileLock(paths.lock, timeout=LOCK_TIMEOUT)
+    lock = filelock.FileLock(paths.lock, timeout=LOCK_TIMEOUT)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise NodeError(f"job {paths.job_id} is locked by another vtorque process on this "
+                        f"node for more than {LOCK_TIMEOUT:g} s") from None
+    try:
+        yield
+    finally:
+        if not os.path.lexists(paths.job_dir):
+            remove_file(paths.lock)  # still held: nobody can be inside for this job
+        lock.release()
 
 
 def up(job_id: str, request: VmRequest, config: Config, *, first_rank: int = 0,
@@ -146,9 +161,7 @@ def down(job_id: str, config: Config) -> list[str]:
     """
     paths = paths_for(job_id, config)
     with _job_lock(paths), Host(config.libvirt_uri) as host:
-        destroyed = _teardown(paths, host, config)
-    remove_file(paths.lock)
-    return destroyed
+        return _teardown(paths, host, config)
 
 
 def _teardown(paths: JobPaths, host: Host, config: Config) -> list[str]:

@@ -39,7 +39,7 @@ def write_seed_iso(path: str, documents: dict[str, str], mode: int = 0o640,
     """Write an ISO 9660 image labelled `cidata` holding `documents` (Joliet + Rock Ridge
     names, so cloud-init sees meta-data, not META_DAT.;1)."""
     iso = pycdlib.PyCdlib()
-    iso.new(interchange=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
+    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
     for index, (name, text) in enumerate(sorted(documents.items())):
         data = text.encode()
         iso.add_fp(io.BytesIO(data), len(data), f"/F{index}.;1", rr_name=name,
