@@ -22,7 +22,7 @@ from vtorque import config as config_mod
 from vtorque.vm import lifecycle
 
 REPO = Path(__file__).resolve().parents[2]
-NETNS = "vtorque-test"
+NETNS = "vtorque-dev"
 POOL = os.environ.get("VTORQUE_TEST_POOL", "/var/lib/vtorque/test-images")
 # Under /var/tmp, not pytest's tmp_path: QEMU runs as libvirt-qemu and must traverse the
 # path to the job directories, which pytest's 0700 /tmp/pytest-of-root forbids.
