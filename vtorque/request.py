@@ -37,7 +37,7 @@ KEY_HELP = {
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _GUEST_PATH = re.compile(r"/[A-Za-z0-9._+/-]{1,255}")
-_INT = re.compile(r"[0-9]{1,6}")
+_INT = re.compile(r"[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -136,11 +136,14 @@ def build_request(pairs: Mapping[str, str], config: Config) -> VmRequest:
         value = pairs[key]
         if not _INT.fullmatch(value):
             raise RequestError(f"-vm {key}='{value}' is not a whole number", key=key)
-        number = int(value)
+        # A huge number is over any limit; do not hand thousands of digits to int().
+        digits = value.lstrip("0") or "0"
+        number = int(digits) if len(digits) <= 12 else hi + 1
         if number < lo:
             raise RequestError(f"-vm {key}={number} is below the minimum {lo}", key=key)
         if number > hi:
-            raise RequestError(f"-vm {key}={number} exceeds the site limit {hi} "
+            shown = value if len(value) <= 20 else value[:20] + "..."
+            raise RequestError(f"-vm {key}={shown} exceeds the site limit {hi} "
                                f"({limit_name})", key=key)
         return number
 

@@ -14,9 +14,42 @@ import yaml
 
 from vtorque import config as config_mod
 from vtorque.config import Config
+from vtorque.images import Image, ImageFile
+from vtorque.journal import JobPaths
+from vtorque.request import parse_request
+from vtorque.vm.spec import GuestSpec, build_guest_specs
 
 QEMU_UID = 64055
 QEMU_GID = 107
+# Fixed strings (never touched on disk) so rendered XML is the same on every machine.
+FIXED_POOL = "/var/lib/vtorque/images"
+FIXED_STATE = "/var/lib/vtorque/jobs"
+FIXED_RAMDISK = "/dev/shm/vtorque"
+
+
+def fixed_token(index: int) -> str:
+    return f"{0xFEEDC0DE00000000 + index:016x}"
+
+
+def fixed_image(kind: str) -> Image:
+    """An Image of each kind with fixed paths (nothing on disk)."""
+    if kind == "linux":
+        return Image(name="deb12", kind="linux", distro="debian", arch="x86_64",
+                     descriptor=f"{FIXED_POOL}/deb12.yaml",
+                     disk=ImageFile(f"{FIXED_POOL}/deb12.qcow2", "a" * 64, "qcow2"),
+                     kernel=None, initrd=None, cmdline="")
+    if kind == "kernel":
+        return Image(name="testguest", kind="kernel", distro="debian", arch="x86_64",
+                     descriptor=f"{FIXED_POOL}/testguest.yaml", disk=None,
+                     kernel=ImageFile(f"{FIXED_POOL}/testguest.vmlinuz", "b" * 64),
+                     initrd=ImageFile(f"{FIXED_POOL}/testguest.initrd", "c" * 64),
+                     cmdline="console=ttyS0 quiet")
+    if kind == "osv":
+        return Image(name="osv-hello", kind="osv", distro="osv", arch="x86_64",
+                     descriptor=f"{FIXED_POOL}/osv-hello.yaml",
+                     disk=ImageFile(f"{FIXED_POOL}/osv-hello.raw", "d" * 64, "raw"),
+                     kernel=None, initrd=None, cmdline="")
+    raise ValueError(kind)
 
 
 def merge(base: dict, extra: dict) -> dict:
@@ -84,3 +117,22 @@ initrd: {{file: {name}.initrd, sha256: '{shas["initrd"]}'}}
 cmdline: "console=ttyS0"
 """)
     os.chmod(descriptor, 0o644)
+
+
+@pytest.fixture
+def make_specs(make_config: Callable[..., Config]) -> Callable[..., list[GuestSpec]]:
+    """make_specs('linux', 'vms_per_node=2', network={'mode': 'bridge'}) -> guest specs with
+    fixed paths, tokens and ids (state_dir /var/lib/vtorque/jobs, never created)."""
+    def make(kind: str, request: str = "vcpus=1", *, job_id: str = "12.server",
+             first_rank: int = 0, domain_type: str = "kvm", image: Image | None = None,
+             **overrides: Any) -> list[GuestSpec]:
+        cfg = make_config({"state_dir": FIXED_STATE, "ramdisk_dir": FIXED_RAMDISK,
+                           **overrides})
+        req = parse_request(request, cfg)
+        paths = JobPaths.for_job(job_id, cfg.state_dir, cfg.ramdisk_dir)
+        return build_guest_specs(
+            paths=paths, request=req, image=image or fixed_image(kind), config=cfg,
+            domain_type=domain_type, first_rank=first_rank,
+            tokens=[fixed_token(i) for i in range(req.vms_per_node)],
+            qemu_uid=QEMU_UID, qemu_gid=QEMU_GID)
+    return make
