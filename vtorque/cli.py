@@ -5,6 +5,7 @@
     vtorque vm up --job ID --request 'img=NAME,vcpus=1,ram=256M,vms_per_node=2'
     vtorque vm list [--job ID]
     vtorque vm down --job ID
+    vtorque hook torque prologue|prologue.parallel|epilogue|epilogue.parallel ARGS...
 
 Exit status: 0 success, 1 failure (one line on stderr naming the problem), 2 usage.
 """
@@ -99,6 +100,11 @@ def cmd_vm_down(args) -> int:
     return 0
 
 
+def cmd_hook(args) -> int:
+    from vtorque import hooks
+    return hooks.main(args.scheduler, args.event, args.args, args.config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vtorque", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="config file (default: $VTORQUE_CONFIG or "
@@ -135,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     vm_down = vm_sub.add_parser("down", help="destroy a job's guests and files (idempotent)")
     vm_down.add_argument("--job", required=True, help="job id")
     vm_down.set_defaults(func=cmd_vm_down)
+    hook = sub.add_parser("hook", help="batch-system hook entry (called by the shims in "
+                          "contrib/)")
+    hook.add_argument("scheduler", choices=("torque", "openpbs", "slurm"))
+    hook.add_argument("event", help="e.g. prologue, prologue.parallel, epilogue")
+    hook.add_argument("args", nargs=argparse.REMAINDER, help="the batch system's arguments")
+    hook.set_defaults(func=cmd_hook)
     return parser
 
 

@@ -135,6 +135,10 @@ SCHEMA: dict[str, dict[str, Field] | Field] = {
     "min_free_space": Field(_size(0), "1G",
                             "refuse to start guests when the file system holding their "
                             "disks has less free space than this"),
+    "log_file": Field(_abs_path, "/var/log/vtorque/vtorque.log",
+                      "the node's log: every hook's decisions and failures, one line each"),
+    "node_name": Field(_optional(_name), None,
+                       "this node's name as the batch system knows it (null: the hostname)"),
     "hypervisor": Field(_choice(HYPERVISORS), "auto",
                         "kvm, qemu (TCG software emulation) or auto (kvm when usable)"),
     "libvirt_uri": Field(_uri, "qemu:///system", "libvirt connection URI"),
@@ -171,6 +175,18 @@ SCHEMA: dict[str, dict[str, Field] | Field] = {
         "guest_ready": Field(_seconds, 180, "one guest, from start to its ready signal"),
         "teardown": Field(_seconds, 60, "destroying a job's guests and files"),
     },
+    "batch": {
+        "system": Field(_choice(("auto", "torque", "openpbs", "slurm")), "auto",
+                        "batch system: torque, openpbs, slurm, or auto (by the commands "
+                        "found in bin_dir)"),
+        "bin_dir": Field(_abs_path, "/usr/bin", "directory of qsub, qstat, pbsnodes, sbatch, "
+                         "scontrol; hooks never search PATH"),
+        "shared_state_dir": Field(_abs_path, "/var/spool/vtorque/shared",
+                                  "directory on a file system shared by all nodes; the mother "
+                                  "superior reads each node's guest status here"),
+        "max_requeues": Field(_int(0, 100), 3, "node faults that requeue a job before the "
+                              "prologue aborts it instead"),
+    },
     "network": {
         "mode": Field(_choice(NETWORK_MODES), "none",
                       "none (no NIC), network (a libvirt network), bridge (a host bridge)"),
@@ -200,6 +216,8 @@ class Config:
     state_dir: str
     ramdisk_dir: str
     min_free_space: int
+    log_file: str
+    node_name: str | None
     hypervisor: str
     libvirt_uri: str
     qemu_user: str
@@ -209,6 +227,7 @@ class Config:
     defaults: Section
     limits: Section
     timeouts: Section
+    batch: Section
     network: Section
 
 

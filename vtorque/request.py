@@ -82,6 +82,23 @@ class VmRequest:
         return items
 
 
+# The job variable that carries the user's -vm keys from vsub to the root side. Values
+# never contain ';' (no request value type admits it), and Torque's Variable_List
+# separates variables with ',', so ';' joins the pairs.
+JOB_VARIABLE = "VTORQUE_VM"
+
+
+def encode_pairs(pairs: Mapping[str, str]) -> str:
+    """The user's explicit keys as one comma-free text: `img=x;vcpus=2`."""
+    return ";".join(f"{key}={pairs[key]}" for key in VM_KEYS if key in pairs)
+
+
+def decode_pairs(text: str) -> dict[str, str]:
+    """Inverse of encode_pairs, with every check of split_pairs (the text came through
+    the batch system, which the user can alter with qalter: trust nothing)."""
+    return split_pairs([text.replace(";", ",")])
+
+
 def split_pairs(texts: Iterable[str]) -> dict[str, str]:
     """Split one or more `key=value[,key=value]` texts into a dict.
 

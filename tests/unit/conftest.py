@@ -7,6 +7,7 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -97,7 +98,7 @@ def cfg(make_config: Callable[..., Config]) -> Config:
     return make_config()
 
 
-def add_kernel_image(pool: Path, name: str = "testguest", distro: str = "debian") -> None:
+def _add_kernel_image(pool: Path, name: str = "testguest", distro: str = "debian") -> None:
     """A kernel-kind image with small fake kernel/initrd files and a correct descriptor."""
     shas = {}
     for role in ("vmlinuz", "initrd"):
@@ -136,3 +137,44 @@ def make_specs(make_config: Callable[..., Config]) -> Callable[..., list[GuestSp
             tokens=[fixed_token(i) for i in range(req.vms_per_node)],
             qemu_uid=QEMU_UID, qemu_gid=QEMU_GID)
     return make
+
+
+@pytest.fixture
+def fixed() -> SimpleNamespace:
+    """The fixed names the spec and render tests compare against (test modules must not
+    import conftest: several conftest.py files share that module name)."""
+    return SimpleNamespace(pool=FIXED_POOL, state=FIXED_STATE, ramdisk=FIXED_RAMDISK,
+                           qemu_uid=QEMU_UID, qemu_gid=QEMU_GID, token=fixed_token,
+                           image=fixed_image)
+
+
+TEST_DRIVER_NODE = """\
+<node>
+  <cpu>
+    <mhz>2000</mhz>
+    <model>x86_64</model>
+    <nodes>1</nodes>
+    <sockets>1</sockets>
+    <cores>8</cores>
+    <threads>1</threads>
+    <active>8</active>
+    <max>8</max>
+  </cpu>
+  <memory>16777216</memory>
+</node>
+"""
+
+
+@pytest.fixture
+def test_uri(tmp_path: Path) -> str:
+    """A libvirt test-driver URI with a private driver file (no domains) for this test.
+    Each connection to it starts from this file: state is not shared between connections."""
+    path = tmp_path / "node.xml"
+    path.write_text(TEST_DRIVER_NODE)
+    return f"test://{path}"
+
+
+@pytest.fixture
+def add_kernel_image() -> Callable[..., None]:
+    """add_kernel_image(pool_dir, name='testguest', distro='debian')."""
+    return _add_kernel_image

@@ -17,8 +17,11 @@ from vtorque.errors import ImageError, RequestError
 from vtorque.request import (
     VM_KEYS,
     VmRequest,
+    build_request,
     check_fits_node,
     check_image_matches,
+    decode_pairs,
+    encode_pairs,
     image_name,
     parse_request,
     split_pairs,
@@ -413,3 +416,32 @@ def test_check_image_matches(cfg) -> None:
                                          "arch 'x86_64'"):
         check_image_matches(parse_request("img=deb12", cfg),
                             FakeImage("deb12", "debian", "aarch64"))
+
+
+# --- the job variable between vsub and the root side ---------------------------------------
+
+def test_encode_pairs_is_comma_free_and_ordered() -> None:
+    assert encode_pairs({"vcpus": "2", "img": "deb12", "ram": "1G"}) == \
+        "img=deb12;vcpus=2;ram=1G"
+
+
+@PROPERTY
+@given(pairs=_PAIRS)
+def test_encode_decode_round_trip(cfg, pairs: dict[str, str]) -> None:
+    text = encode_pairs(pairs)
+    assert "," not in text
+    assert decode_pairs(text) == pairs
+    assert build_request(decode_pairs(text), cfg) == parse_request(
+        ",".join(f"{k}={v}" for k, v in pairs.items()), cfg)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("img=x;vcpu=2", "unknown -vm key 'vcpu'"),
+    ("img=x;img=y", "given more than once"),
+    ("img=x,vcpus=2;vcpus=3", "given more than once"),
+    ("img=", "empty value"),
+    ("img=-x", "must not start with '-'"),
+])
+def test_decode_pairs_trusts_nothing(text: str, fragment: str) -> None:
+    with pytest.raises(RequestError, match=re.escape(fragment)):
+        decode_pairs(text)

@@ -113,13 +113,24 @@ class Host:
                 raise HypervisorError(f"cannot destroy guest {name}: {_message(exc)}") \
                     from None
         try:
-            if dom.isPersistent():
-                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
-                                  | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+            if not dom.isPersistent():
+                return  # transient: gone with destroy
         except libvirt.libvirtError as exc:
-            if exc.get_error_code() not in _GONE:
-                raise HypervisorError(f"cannot undefine guest {name}: {_message(exc)}") \
-                    from None
+            if exc.get_error_code() in _GONE:
+                return
+            raise HypervisorError(f"cannot query guest {name}: {_message(exc)}") from None
+        # vtorque starts transient guests; a persistent one was defined by someone else
+        # under our tag, or by an older version: remove it with whatever the driver allows.
+        for flags in (libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+                      | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE, 0):
+            try:
+                dom.undefineFlags(flags)
+                return
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() in _GONE:
+                    return
+                last = exc
+        raise HypervisorError(f"cannot undefine guest {name}: {_message(last)}") from None
 
     def tagged_domains(self, job_id: str | None = None) -> list[TaggedDomain]:
         """Every domain carrying our job tag (of `job_id` only, compared exactly)."""

@@ -12,6 +12,7 @@ started, succeeds.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import grp
 import os
 import pwd
@@ -19,8 +20,6 @@ import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-
-import filelock
 
 from vtorque import node
 from vtorque.config import Config
@@ -64,21 +63,42 @@ def paths_for(job_id: str, config: Config) -> JobPaths:
 
 @contextlib.contextmanager
 def _job_lock(paths: JobPaths):
-    """Serialize up and down of one job on this node. The lock file goes away with the
-    job: it is removed on release whenever the job has no state left here."""
+    """Serialize up and down of one job on this node.
+
+    The lock file goes away with the job (no lock of a finished job is left): it is
+    unlinked while still held whenever the job has no state left. A waiter that then
+    wins the lock on the unlinked file notices (the path no longer names its inode) and
+    starts over on a fresh file, so two holders can never coexist.
+    """
     ensure_parent_dirs(os.path.dirname(paths.lock), 0o700)
-    lock = filelock.FileLock(paths.lock, timeout=LOCK_TIMEOUT)
-    try:
-        lock.acquire()
-    except filelock.Timeout:
-        raise NodeError(f"job {paths.job_id} is locked by another vtorque process on this "
-                        f"node for more than {LOCK_TIMEOUT:g} s") from None
-    try:
-        yield
-    finally:
-        if not os.path.lexists(paths.job_dir):
-            remove_file(paths.lock)  # still held: nobody can be inside for this job
-        lock.release()
+    deadline = time.monotonic() + LOCK_TIMEOUT
+    while True:
+        fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise NodeError(f"job {paths.job_id} is locked by another vtorque "
+                                        f"process on this node for more than "
+                                        f"{LOCK_TIMEOUT:g} s") from None
+                    time.sleep(0.05)
+            try:
+                same = os.stat(paths.lock, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                continue  # the holder before us removed the file: lock the new one
+            try:
+                yield
+            finally:
+                if not os.path.lexists(paths.job_dir):
+                    remove_file(paths.lock)
+            return
+        finally:
+            os.close(fd)
 
 
 def up(job_id: str, request: VmRequest, config: Config, *, first_rank: int = 0,
@@ -110,7 +130,7 @@ def up(job_id: str, request: VmRequest, config: Config, *, first_rank: int = 0,
                 _teardown(paths, host, config)
             except VtorqueError as cleanup_exc:
                 if isinstance(exc, VtorqueError):
-                    raise type(exc)(f"{exc}; rollback also failed: {cleanup_exc}") from None
+                    exc.message = f"{exc}; rollback also failed: {cleanup_exc}"
             raise
 
 
@@ -118,8 +138,8 @@ def _provision(paths: JobPaths, specs: list[GuestSpec], host: Host, config: Conf
                started: float) -> UpResult:
     ensure_parent_dirs(config.state_dir, 0o755)
     make_dir(paths.job_dir, 0o710, gid=specs[0].qemu_gid)
-    if any(spec.overlay and spec.overlay.path.startswith(paths.ramdisk_dir + "/")
-           for spec in specs):
+    if any(disk.path.startswith(paths.ramdisk_dir + "/")
+           for spec in specs for disk in (spec.overlay, spec.scratch) if disk):
         ensure_parent_dirs(config.ramdisk_dir, 0o755)
         make_dir(paths.ramdisk_dir, 0o710, gid=specs[0].qemu_gid)
     journal = Journal(paths.journal)
@@ -175,8 +195,11 @@ def _teardown(paths: JobPaths, host: Host, config: Config) -> list[str]:
         if name not in names:
             names.append(name)
     deadline = time.monotonic() + config.timeouts.teardown
+    destroyed = []
     for name in names:
         try:
+            if host.state(name) is not None:
+                destroyed.append(name)
             host.destroy(name)
         except HypervisorError as exc:
             failures.append(str(exc))
@@ -192,6 +215,10 @@ def _teardown(paths: JobPaths, host: Host, config: Config) -> list[str]:
             time.sleep(0.05)
         else:
             failures.append(f"guest {name} still exists after destroy")
+    if failures:
+        # Keep the journal and files: a later teardown (or the reaper) must still find
+        # the guests that would not go away.
+        raise TeardownError(paths.job_id, failures)
     for directory in (paths.job_dir, paths.ramdisk_dir):
         try:
             remove_tree(directory)
@@ -199,7 +226,7 @@ def _teardown(paths: JobPaths, host: Host, config: Config) -> list[str]:
             failures.append(f"cannot remove {directory}: {exc.strerror}")
     if failures:
         raise TeardownError(paths.job_id, failures)
-    return names
+    return destroyed
 
 
 def list_guests(config: Config, job_id: str | None = None) -> list[Guest]:

@@ -10,6 +10,7 @@ another guest cannot be mistaken for this one.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 
@@ -21,12 +22,15 @@ TAIL_BYTES = 600
 
 
 def console_has(path: str, line: str) -> bool:
+    """Whether the console log holds `line` as a whole token: 'vtorque-ready ab' does not
+    match a log saying 'vtorque-ready abcd' (another guest's or an older token)."""
     try:
         with open(path, "rb") as handle:
             data = handle.read()
     except FileNotFoundError:
         return False
-    return line.encode() in data
+    pattern = re.escape(line.encode()) + rb"(?![A-Za-z0-9_-])"
+    return re.search(pattern, data) is not None
 
 
 def console_tail(path: str, lines: int = 3) -> str:

@@ -1,0 +1,425 @@
+"""Unit tests of vtorque.vm.lifecycle (up, list, down) against libvirt's test driver
+(faults items 3, 4, 9 and 13).
+
+libvirt's test driver keeps its domains per connection: a second libvirt.open() of the same
+driver file starts from the file again. up(), list_guests() and down() each open a Host, so
+these tests hand them one shared Host per test (its close() is a no-op until the test ends).
+No QEMU runs: the console check of vm/readiness is stubbed, node facts are fixed, and guests
+use a kernel-kind image (no overlay, so no qemu-img) unless a test asks for a scratch disk.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import stat
+from pathlib import Path
+
+import libvirt
+import pytest
+import yaml
+
+from vtorque import cli, node
+from vtorque import config as config_mod
+from vtorque.errors import (
+    CommandError,
+    GuestTimeout,
+    HypervisorError,
+    ImageError,
+    RequestError,
+    TeardownError,
+    VtorqueError,
+)
+from vtorque.journal import Journal
+from vtorque.node import NodeFacts
+from vtorque.request import parse_request
+from vtorque.vm import lifecycle, readiness
+from vtorque.vm.host import Host
+from vtorque.vm.spec import METADATA_NS
+
+QEMU_UID = pwd.getpwnam("libvirt-qemu").pw_uid if "libvirt-qemu" in {
+    p.pw_name for p in pwd.getpwall()} else None
+QEMU_GID = grp.getgrnam("kvm").gr_gid if "kvm" in {g.gr_name for g in grp.getgrall()} else None
+needs_qemu_ids = pytest.mark.skipif(QEMU_UID is None or QEMU_GID is None or os.geteuid() != 0,
+                                    reason="needs root and the libvirt-qemu user / kvm group")
+pytestmark = needs_qemu_ids
+
+
+class SharedHost(Host):
+    """One test-driver connection for the whole test: closing it is deferred."""
+
+    def close(self) -> None:
+        pass
+
+    def really_close(self) -> None:
+        super().close()
+
+
+class Env:
+    def __init__(self, config, host: SharedHost, config_path: Path, state: Path):
+        self.config = config
+        self.host = host
+        self.config_path = config_path
+        self.state = state
+
+    def request(self, text: str = "img=testguest"):
+        return parse_request(text, self.config)
+
+    def paths(self, job_id: str):
+        return lifecycle.paths_for(job_id, self.config)
+
+    def domains(self, job_id: str | None = None) -> list[str]:
+        return [d.name for d in self.host.tagged_domains(job_id)]
+
+    def assert_nothing_left(self, job_id: str) -> None:
+        paths = self.paths(job_id)
+        assert self.host.tagged_domains(job_id) == []
+        assert not os.path.lexists(paths.job_dir)
+        assert not os.path.lexists(paths.ramdisk_dir)
+        assert not os.path.lexists(paths.lock)
+
+
+@pytest.fixture
+def env(tmp_path: Path, pool_dir: Path, test_uri: str, add_kernel_image, monkeypatch):
+    add_kernel_image(pool_dir)
+    add_kernel_image(pool_dir, "rockyguest", distro="rocky")
+    state = tmp_path / "state"
+    data = {
+        "image_pool": str(pool_dir),
+        "state_dir": str(state),
+        "ramdisk_dir": str(tmp_path / "shm"),
+        "min_free_space": 0,
+        "hypervisor": "qemu",
+        "libvirt_uri": test_uri,
+        "defaults": {"ram": "64M"},
+        "timeouts": {"teardown": 1},  # how long down() waits for a stuck guest
+    }
+    config_path = tmp_path / "vtorque.yaml"
+    config_path.write_text(yaml.safe_dump(data))
+    config = config_mod.load(str(config_path))
+    shared = SharedHost(test_uri, retries=1)
+
+    def host_factory(uri: str, *args, **kwargs) -> Host:
+        assert uri == test_uri
+        return shared
+
+    monkeypatch.setattr(lifecycle, "Host", host_factory)
+    monkeypatch.setattr(readiness, "console_has", lambda _path, _line: True)
+    monkeypatch.setattr(node, "facts", lambda: NodeFacts("node1", 16, 64 << 10))
+    yield Env(config, shared, config_path, state)
+    shared.really_close()
+
+
+# --- up ------------------------------------------------------------------------------------
+
+def test_up_starts_tagged_guests(env: Env) -> None:
+    result = lifecycle.up("12", env.request("img=testguest,vms_per_node=2,vcpus=2"), env.config)
+    paths = env.paths("12")
+    assert result.job_id == "12"
+    assert [g.rank for g in result.guests] == [0, 1]
+    assert [g.hostname for g in result.guests] == ["vt12-0", "vt12-1"]
+    assert all(g.state == "running" and g.ready_seconds is not None for g in result.guests)
+    assert env.domains("12") == [f"vtorque-{paths.key}-0", f"vtorque-{paths.key}-1"]
+    for guest in result.guests:
+        dom = env.host._conn.lookupByName(guest.name)
+        assert 'id="12"' in dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS, 0)
+        assert dom.info()[3] == 2  # vcpus
+    st = os.lstat(paths.job_dir)
+    assert stat.S_IMODE(st.st_mode) == 0o710
+    assert (st.st_uid, st.st_gid) == (0, QEMU_GID)
+    for guest in result.guests:
+        seed = Path(paths.job_dir) / f"{guest.name}.seed.iso"
+        assert stat.S_IMODE(seed.stat().st_mode) == 0o640
+        assert seed.stat().st_gid == QEMU_GID
+
+
+def test_up_writes_the_journal(env: Env) -> None:
+    result = lifecycle.up("12", env.request("img=testguest,vms_per_node=2"), env.config)
+    journal = Journal(env.paths("12").journal)
+    events = [e["event"] for e in journal.entries()]
+    assert events[0] == "job-start" and events[-1] == "job-ready"
+    assert sorted(events[1:-1]) == ["guest-started"] * 2 + ["guest-starting"] * 2
+    assert sorted(journal.domain_names()) == sorted(g.name for g in result.guests)
+    started = [e for e in journal.entries() if e["event"] == "guest-started"]
+    for entry in started:
+        assert entry["uuid"] == env.host._conn.lookupByName(entry["domain"]).UUIDString()
+        assert entry["files"] == [os.path.join(env.paths("12").job_dir,
+                                               entry["domain"] + ".seed.iso")]
+    assert os.stat(journal.path).st_mode & 0o777 == 0o600
+
+
+def test_up_honours_first_rank(env: Env) -> None:
+    result = lifecycle.up("12", env.request("img=testguest,vms_per_node=2"), env.config,
+                          first_rank=2)
+    assert [g.rank for g in result.guests] == [2, 3]
+    assert [d.rank for d in env.host.tagged_domains("12")] == [2, 3]
+
+
+def test_up_again_replaces_leftovers(env: Env) -> None:
+    first = lifecycle.up("12", env.request("img=testguest,vms_per_node=2"), env.config)
+    uuids = {d.uuid for d in env.host.tagged_domains("12")}
+    second = lifecycle.up("12", env.request("img=testguest,vms_per_node=2"), env.config)
+    assert [g.name for g in second.guests] == [g.name for g in first.guests]
+    assert len(env.host.tagged_domains("12")) == 2
+    assert not uuids & {d.uuid for d in env.host.tagged_domains("12")}
+
+
+def test_up_with_scratch_disk(env: Env) -> None:
+    result = lifecycle.up("12", env.request("img=testguest,vms_per_node=2,disk=1G"), env.config)
+    paths = env.paths("12")
+    scratch = Path(paths.job_dir) / f"{result.guests[0].name}.scratch.qcow2"
+    st = scratch.stat()
+    assert scratch.read_bytes()[:4] == b"QFI\xfb"
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (QEMU_UID, QEMU_GID, 0o600)
+    assert not (Path(paths.job_dir) / f"{result.guests[1].name}.scratch.qcow2").exists()
+    lifecycle.down("12", env.config)
+    env.assert_nothing_left("12")
+
+
+def test_up_ramdisk_scratch_without_overlay(env: Env) -> None:
+    lifecycle.up("12", env.request("img=testguest,disk=1G,fs_type=ramdisk"), env.config)
+    assert os.path.isdir(env.paths("12").ramdisk_dir)
+
+
+def test_up_picks_the_image_by_distro(env: Env) -> None:
+    lifecycle.up("12", env.request("distro=rocky"), env.config)
+    [dom] = env.host.tagged_domains("12")
+    xml = env.host._conn.lookupByName(dom.name).XMLDesc(0)
+    assert "rockyguest.vmlinuz" in xml
+
+
+# --- refusals before anything is made -------------------------------------------------------
+
+def test_unknown_image_creates_nothing(env: Env) -> None:
+    with pytest.raises(ImageError, match="not in the authorized image pool"):
+        lifecycle.up("12", env.request("img=nosuch"), env.config)
+    assert env.domains() == []
+    assert not os.path.lexists(env.paths("12").job_dir)
+
+
+def test_image_distro_mismatch_creates_nothing(env: Env) -> None:
+    with pytest.raises(ImageError, match="distro"):
+        lifecycle.up("12", env.request("img=testguest,distro=rocky"), env.config)
+    assert env.domains() == []
+    assert not os.path.lexists(env.paths("12").job_dir)
+
+
+def test_request_larger_than_the_node_creates_nothing(env: Env, monkeypatch) -> None:
+    monkeypatch.setattr(node, "facts", lambda: NodeFacts("small", 2, 64 << 10))
+    with pytest.raises(RequestError) as info:
+        lifecycle.up("12", env.request("img=testguest,vcpus=2"), env.config)
+    assert info.value.key == "vcpus"
+    assert env.domains() == []
+    assert not os.path.lexists(env.paths("12").job_dir)
+
+
+# --- failures half-way roll back -------------------------------------------------------------
+
+def test_failed_start_rolls_back(env: Env, monkeypatch) -> None:
+    real_start = env.host.start_transient
+    started = []
+
+    def start_some(xml: str) -> str:
+        if "<name>" in xml and "-1</name>" in xml:
+            raise HypervisorError("libvirt refused to start the guest: injected")
+        uuid = real_start(xml)
+        started.append(uuid)
+        return uuid
+
+    monkeypatch.setattr(env.host, "start_transient", start_some)
+    with pytest.raises(HypervisorError, match="injected"):
+        lifecycle.up("12", env.request("img=testguest,vms_per_node=3"), env.config)
+    assert len(started) == 2  # ranks 0 and 2 did start ...
+    env.assert_nothing_left("12")  # ... and are gone again
+
+
+def test_guest_that_never_answers_rolls_back(env: Env, monkeypatch) -> None:
+    data = yaml.safe_load(env.config_path.read_text())
+    data["timeouts"]["guest_ready"] = 0.3
+    env.config_path.write_text(yaml.safe_dump(data))
+    config = config_mod.load(str(env.config_path))
+    monkeypatch.setattr(readiness, "console_has", lambda _path, _line: False)
+    with pytest.raises(GuestTimeout, match="2 guest\\(s\\) did not answer within 0.3 s"):
+        lifecycle.up("12", parse_request("img=testguest,vms_per_node=2", config), config)
+    env.assert_nothing_left("12")
+
+
+def test_guest_that_stops_rolls_back(env: Env, monkeypatch) -> None:
+    monkeypatch.setattr(readiness, "console_has", lambda _path, _line: False)
+    real_start = env.host.start_transient
+
+    def start_then_die(xml: str) -> str:
+        uuid = real_start(xml)
+        env.host._conn.lookupByUUIDString(uuid).destroy()
+        return uuid
+
+    monkeypatch.setattr(env.host, "start_transient", start_then_die)
+    with pytest.raises(HypervisorError, match="stopped before it was ready"):
+        lifecycle.up("12", env.request("img=testguest"), env.config)
+    env.assert_nothing_left("12")
+
+
+def fail_with_stuck_rollback(env: Env, monkeypatch, error: VtorqueError) -> VtorqueError:
+    """up() whose disk step raises `error` and whose rollback cannot destroy a guest."""
+    def no_disks(spec, timeout):
+        raise error
+
+    def stuck(name: str) -> None:
+        raise HypervisorError(f"cannot destroy guest {name}: stuck")
+
+    monkeypatch.setattr(lifecycle.disks, "create_disks", no_disks)
+    monkeypatch.setattr(env.host, "destroy", stuck)
+    with pytest.raises(VtorqueError) as info:
+        lifecycle.up("12", env.request("img=testguest"), env.config)
+    return info.value
+
+
+def test_failed_rollback_keeps_both_messages(env: Env, monkeypatch) -> None:
+    error = fail_with_stuck_rollback(env, monkeypatch, HypervisorError("disk step failed"))
+    assert isinstance(error, HypervisorError)
+    assert str(error).startswith("disk step failed; rollback also failed: teardown of job 12 ")
+    assert "stuck" in str(error)
+
+
+def test_failed_rollback_after_a_command_error(env: Env, monkeypatch) -> None:
+    error = fail_with_stuck_rollback(
+        env, monkeypatch, CommandError(["/usr/bin/qemu-img", "create"], 1, "", "disk full"))
+    assert "disk full" in str(error) and "rollback also failed" in str(error)
+
+
+# --- down ----------------------------------------------------------------------------------
+
+def test_down_removes_everything_and_is_idempotent(env: Env) -> None:
+    result = lifecycle.up("12", env.request("img=testguest,vms_per_node=2"), env.config)
+    destroyed = lifecycle.down("12", env.config)
+    assert sorted(destroyed) == sorted(g.name for g in result.guests)
+    env.assert_nothing_left("12")
+    assert lifecycle.down("12", env.config) == []
+    env.assert_nothing_left("12")
+
+
+def test_down_reports_what_it_could_not_remove(env: Env, monkeypatch) -> None:
+    result = lifecycle.up("12", env.request("img=testguest,vms_per_node=2"), env.config)
+    stuck = result.guests[0].name
+    real_destroy = env.host.destroy
+
+    def destroy(name: str) -> None:
+        if name == stuck:
+            raise HypervisorError(f"cannot destroy guest {name}: stuck")
+        real_destroy(name)
+
+    monkeypatch.setattr(env.host, "destroy", destroy)
+    with pytest.raises(TeardownError) as info:
+        lifecycle.down("12", env.config)
+    assert info.value.failures[0] == f"cannot destroy guest {stuck}: stuck"
+    assert f"guest {stuck} still exists after destroy" in info.value.failures
+    # It kept going past the stuck guest, and kept the journal for a later teardown.
+    assert env.domains("12") == [stuck]
+    assert Journal(env.paths("12").journal).domain_names()
+    monkeypatch.setattr(env.host, "destroy", real_destroy)
+    assert stuck in lifecycle.down("12", env.config)
+    env.assert_nothing_left("12")
+
+
+def test_down_of_a_job_that_never_ran(env: Env) -> None:
+    assert lifecycle.down("77", env.config) == []
+    env.assert_nothing_left("77")
+
+
+def test_down_finds_guests_by_tag_without_the_journal(env: Env) -> None:
+    lifecycle.up("12", env.request("img=testguest,vms_per_node=2"), env.config)
+    os.unlink(env.paths("12").journal)
+    assert len(lifecycle.down("12", env.config)) == 2
+    env.assert_nothing_left("12")
+
+
+def test_down_finds_guests_by_journal_without_the_tag(env: Env) -> None:
+    paths = env.paths("12")
+    os.makedirs(paths.job_dir)
+    name = f"vtorque-{paths.key}-0"
+    Journal(paths.journal).record("guest-starting", domain=name, rank=0)
+    env.host.start_transient(f"""<domain type="test"><name>{name}</name>
+      <memory unit="MiB">64</memory><vcpu>1</vcpu><os><type arch="x86_64">hvm</type></os>
+    </domain>""")
+    assert lifecycle.down("12", env.config) == [name]
+    assert env.host.state(name) is None
+    env.assert_nothing_left("12")
+
+
+def test_down_of_12_leaves_123_alone(env: Env) -> None:
+    jobs = ("12", "123", "12[1]", "12[10]")
+    for job in jobs:
+        lifecycle.up(job, env.request("img=testguest,vms_per_node=2"), env.config)
+    before = {job: env.domains(job) for job in jobs}
+    lifecycle.down("12", env.config)
+    env.assert_nothing_left("12")
+    for job in jobs[1:]:
+        assert env.domains(job) == before[job]
+        paths = env.paths(job)
+        assert os.path.isdir(paths.job_dir)
+        assert len(Journal(paths.journal).domain_names()) == 2
+    lifecycle.down("12[1]", env.config)
+    assert env.domains("12[10]") == before["12[10]"]
+    assert env.domains("123") == before["123"]
+
+
+def test_list_guests(env: Env) -> None:
+    lifecycle.up("12", env.request("img=testguest,vms_per_node=2"), env.config)
+    lifecycle.up("123", env.request("img=testguest"), env.config)
+    everything = lifecycle.list_guests(env.config)
+    assert [(g.job_id, g.rank, g.state) for g in everything] == [
+        ("12", 0, "running"), ("12", 1, "running"), ("123", 0, "running")]
+    assert [g.job_id for g in lifecycle.list_guests(env.config, "12")] == ["12", "12"]
+    assert lifecycle.list_guests(env.config, "1") == []
+
+
+# --- through the command line --------------------------------------------------------------
+
+def test_cli_bad_request_is_one_line_and_creates_nothing(env: Env, capsys) -> None:
+    code = cli.main(["--config", str(env.config_path), "vm", "up", "--job", "1",
+                     "--request", "vcpus=0"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert out == ""
+    assert err.count("\n") == 1
+    assert err.startswith("vtorque: ")
+    assert "vcpus" in err and "minimum 1" in err
+    assert "Traceback" not in err
+    assert not env.state.exists()
+    assert env.domains() == []
+
+
+@pytest.mark.parametrize("request_text, key", [("vcpu=2", "vcpu"), ("img=../x", "img"),
+                                               ("ram=1T", "ram")])
+def test_cli_bad_requests_name_the_key(env: Env, capsys, request_text: str, key: str) -> None:
+    code = cli.main(["--config", str(env.config_path), "vm", "up", "--job", "1",
+                     "--request", request_text])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"{key}" in err and err.count("\n") == 1
+    assert not env.state.exists()
+
+
+def test_cli_up_list_down(env: Env, capsys) -> None:
+    base = ["--config", str(env.config_path), "vm"]
+    assert cli.main(base + ["up", "--job", "12", "--request", "img=testguest",
+                            "--request", "vms_per_node=2"]) == 0
+    out = capsys.readouterr().out
+    assert "job 12: 2 guest(s) up" in out
+    assert cli.main(base + ["list", "--job", "12"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "JOB\tRANK\tDOMAIN\tSTATE"
+    assert [line.split("\t")[1] for line in lines[1:]] == ["0", "1"]
+    assert cli.main(base + ["down", "--job", "12"]) == 0
+    assert capsys.readouterr().out == "job 12: 2 guest(s) destroyed, job files removed\n"
+    assert cli.main(base + ["down", "--job", "12"]) == 0
+    assert capsys.readouterr().out == "job 12: 0 guest(s) destroyed, job files removed\n"
+    env.assert_nothing_left("12")
+
+
+def test_cli_refuses_a_bad_job_id(env: Env, capsys) -> None:
+    assert cli.main(["--config", str(env.config_path), "vm", "down", "--job", "../x"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("vtorque: invalid job id") and err.count("\n") == 1
+    assert not env.state.exists() or not any(env.state.rglob("*x*"))
