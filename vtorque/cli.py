@@ -61,11 +61,11 @@ def cmd_image_check(args) -> int:
 
 
 def cmd_vm_up(args) -> int:
+    from vtorque.prologue.guests import bring_up
     from vtorque.request import parse_request
-    from vtorque.vm import lifecycle
     cfg = _load(args)
     request = parse_request(args.request, cfg)
-    result = lifecycle.up(args.job, request, cfg, first_rank=args.first_rank)
+    result, _ = bring_up(args.job, request, cfg, user=args.user)
     if args.json:
         print(json.dumps({"job": result.job_id, "seconds": round(result.seconds, 3),
                           "guests": [g.__dict__ for g in result.guests]}))
@@ -95,7 +95,9 @@ def cmd_vm_list(args) -> int:
 def cmd_vm_down(args) -> int:
     from vtorque.vm import lifecycle
     cfg = _load(args)
+    from vtorque.vm import addresses
     destroyed = lifecycle.down(args.job, cfg)
+    addresses.release(cfg, args.job)
     print(f"job {args.job}: {len(destroyed)} guest(s) destroyed, job files removed")
     return 0
 
@@ -130,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     vm_up.add_argument("--job", required=True, help="job id")
     vm_up.add_argument("--request", required=True, action="append",
                        help="key=value[,key=value] (repeatable)")
-    vm_up.add_argument("--first-rank", type=int, default=0,
-                       help="rank of this node's first guest (default 0)")
+    vm_up.add_argument("--user", help="let this user log into the guests over SSH with the "
+                       "job's key (needs secret_file and a guest image with sshd)")
     vm_up.add_argument("--json", action="store_true", help="machine-readable output")
     vm_up.set_defaults(func=cmd_vm_up)
     vm_list = vm_sub.add_parser("list", help="list vtorque guests on this node")

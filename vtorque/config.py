@@ -8,6 +8,7 @@ raises one ConfigError naming the file and each key; nothing half-valid is ever 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -116,6 +117,27 @@ def _mac_prefix(value: Any) -> str:
     return value.lower()
 
 
+def _subnet(value: Any) -> str:
+    try:
+        net = ipaddress.IPv4Network(str(value), strict=True)
+    except ValueError:
+        raise ValueError("expected an IPv4 network such as 192.168.122.0/24") from None
+    if net.prefixlen > 30:
+        raise ValueError("expected a network of at least 4 addresses (prefix /30 or shorter)")
+    return str(net)
+
+
+def _ipv4(value: Any) -> str:
+    try:
+        return str(ipaddress.IPv4Address(str(value)))
+    except ValueError:
+        raise ValueError("expected an IPv4 address") from None
+
+
+def _secret_path(value: Any) -> str:
+    return _abs_path(value)
+
+
 @dataclass(frozen=True)
 class Field:
     check: Callable[[Any], Any]
@@ -137,6 +159,9 @@ SCHEMA: dict[str, dict[str, Field] | Field] = {
                             "disks has less free space than this"),
     "log_file": Field(_abs_path, "/var/log/vtorque/vtorque.log",
                       "the node's log: every hook's decisions and failures, one line each"),
+    "secret_file": Field(_secret_path, "/etc/vtorque/secret",
+                         "root-only file of 32+ random bytes, identical on every node; "
+                         "per-job SSH keys are derived from it"),
     "node_name": Field(_optional(_name), None,
                        "this node's name as the batch system knows it (null: the hostname)"),
     "hypervisor": Field(_choice(HYPERVISORS), "auto",
@@ -193,6 +218,14 @@ SCHEMA: dict[str, dict[str, Field] | Field] = {
         "name": Field(_name, "default", "libvirt network for mode=network"),
         "bridge": Field(_name, "br0", "host bridge for mode=bridge"),
         "mac_prefix": Field(_mac_prefix, "52:54:00", "first three octets of guest MACs"),
+        "subnet": Field(_subnet, "192.168.122.0/24", "guest subnet (IPv4 CIDR)"),
+        "gateway": Field(_optional(_ipv4), "192.168.122.1",
+                         "guests' default gateway and the host side of their network"),
+        "pool_first": Field(_int(1, 16777214), 16,
+                            "first host number in the subnet handed to guests"),
+        "pool_last": Field(_int(1, 16777214), 254,
+                           "last host number in the subnet handed to guests"),
+        "mtu": Field(_int(576, 65520), 1500, "guest NIC MTU"),
     },
 }
 
@@ -217,6 +250,7 @@ class Config:
     ramdisk_dir: str
     min_free_space: int
     log_file: str
+    secret_file: str
     node_name: str | None
     hypervisor: str
     libvirt_uri: str
@@ -276,6 +310,14 @@ def parse(text: str, path: str = "<string>") -> Config:
             problems.append(f"defaults.{key}: exceeds limits.{key}")
     if values["defaults"]["ram"] < values["limits"]["min_ram"]:
         problems.append("defaults.ram: is below limits.min_ram")
+    net = values["network"]
+    if net["pool_first"] > net["pool_last"]:
+        problems.append("network.pool_first: must not exceed network.pool_last")
+    subnet = ipaddress.IPv4Network(net["subnet"])
+    if net["pool_last"] >= subnet.num_addresses - 1:
+        problems.append(f"network.pool_last: beyond the last host of {subnet}")
+    if net["gateway"] and ipaddress.IPv4Address(net["gateway"]) not in subnet:
+        problems.append(f"network.gateway: not inside network.subnet {subnet}")
     if problems:
         raise ConfigError(path, problems)
     sections = {k: Section(v) if isinstance(v, dict) else v for k, v in values.items()}

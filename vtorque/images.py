@@ -42,7 +42,8 @@ _CMDLINE_MAX = 1024
 _DESCRIPTOR_MAX = 1 << 20
 _CHUNK = 1 << 20
 
-_TOP_KEYS = ("name", "kind", "distro", "arch", "kernel", "initrd", "cmdline", "disk")
+_TOP_KEYS = ("name", "kind", "distro", "arch", "kernel", "initrd", "cmdline", "disk",
+             "host_share")
 _FILE_KEYS = ("file", "sha256")
 _DISK_KEYS = ("file", "format", "sha256")
 
@@ -88,6 +89,9 @@ class Image:
     kernel: ImageFile | None
     initrd: ImageFile | None
     cmdline: str
+    # The admin lets guests of this image mount the node's root file system read-only
+    # (9p, tag "hostroot") to run the node's own software: sshd, Open MPI (test guests).
+    host_share: bool = False
 
     def files(self) -> list[tuple[str, ImageFile]]:
         """(role, file) of every file the image uses: disk, kernel, initrd."""
@@ -163,6 +167,12 @@ class _Shape:
         if value not in choices:
             raise self.error(f"key {key!r} must be one of {', '.join(choices)}, got {value!r}")
         assert value is not None
+        return value
+
+    def flag(self, key: str) -> bool:
+        value = self.data.get(key, False)
+        if not isinstance(value, bool):
+            raise self.error(f"key {key!r} must be true or false")
         return value
 
     def file_entry(self, key: str, is_disk: bool) -> tuple[str, str, str | None] | None:
@@ -496,6 +506,7 @@ class Catalog:
             kernel=self._file(name, shape.file_entry("kernel", is_disk=False)),
             initrd=self._file(name, shape.file_entry("initrd", is_disk=False)),
             cmdline=shape.cmdline(),
+            host_share=shape.flag("host_share"),
         )
 
     def _file(self, name: str, entry: tuple[str, str, str | None] | None) -> ImageFile | None:

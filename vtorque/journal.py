@@ -47,6 +47,7 @@ class JobPaths:
     key: str
     job_dir: str        # disks, seeds, console logs; 0710 root:<qemu group>
     ramdisk_dir: str    # overlays for fs_type=ramdisk
+    user_dir: str       # the job owner's files (job key, known_hosts, hostfiles); 0700 owner
     journal: str
     lock: str
 
@@ -56,6 +57,7 @@ class JobPaths:
         job_dir = os.path.join(state_dir, key)
         return cls(job_id=job_id, key=key, job_dir=job_dir,
                    ramdisk_dir=os.path.join(ramdisk_dir, key),
+                   user_dir=os.path.join(state_dir, key + ".user"),
                    journal=os.path.join(job_dir, "journal.jsonl"),
                    lock=os.path.join(state_dir, ".locks", key + ".lock"))
 

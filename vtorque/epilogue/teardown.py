@@ -34,7 +34,7 @@ def teardown(job_id: str, config: Config, *, mother_superior: bool,
     """Remove everything of `job_id` on this node. Returns (ok, message)."""
     if not has_local_state(job_id, config):
         return True, ""
-    from vtorque.vm import lifecycle
+    from vtorque.vm import addresses, lifecycle
     log = node_logger(config)
     name = node_name(config)
     try:
@@ -42,6 +42,7 @@ def teardown(job_id: str, config: Config, *, mother_superior: bool,
         handoff.withdraw(config, job_id, name)
         if mother_superior:
             handoff.clear(config, job_id)
+            addresses.release(config, job_id)
     except VtorqueError as exc:
         message = f"vtorque: teardown of job {job_id} on {name} incomplete: {exc}"
         log.error("%s", message)

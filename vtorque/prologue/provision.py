@@ -55,16 +55,17 @@ def provision(ctx: JobContext, config: Config, *, mother_superior: bool) -> Outc
     log = node_logger(config)
     if not ctx.is_vm_job:
         return Outcome(RUN)
+    from vtorque.prologue.guests import bring_up, write_user_files
     from vtorque.request import build_request, decode_pairs
-    from vtorque.vm import lifecycle
+    from vtorque.vm import addresses, lifecycle
 
     name = node_name(config)
     try:
         index = node_index(name, ctx.nodes)
         name = ctx.nodes[index]
         request = build_request(decode_pairs(ctx.vm_request), config)
-        result = lifecycle.up(ctx.job_id, request, config,
-                              first_rank=index * request.vms_per_node)
+        result, job_guests = bring_up(ctx.job_id, request, config, user=ctx.user,
+                                      node_index=index, node_count=len(ctx.nodes))
     except UserError as exc:
         log.error("job %s: request refused on %s: %s", ctx.job_id, name, exc)
         handoff.publish(config, ctx.job_id, handoff.NodeStatus(
@@ -85,11 +86,17 @@ def provision(ctx: JobContext, config: Config, *, mother_superior: bool) -> Outc
     statuses = handoff.collect(config, ctx.job_id, ctx.nodes, config.timeouts.provision)
     failed = [s for s in statuses.values() if s.state != handoff.READY]
     if not failed:
-        return Outcome(RUN)
+        try:
+            write_user_files(ctx.job_id, config, ctx.user, job_guests)
+            return Outcome(RUN)
+        except (VtorqueError, OSError, KeyError) as exc:
+            failed = [handoff.NodeStatus(name, handoff.FAILED,
+                                         f"cannot write the job's files: {exc}")]
     # Another node failed: roll back here; every other node rolls back in its epilogue
     # (or the reaper does it) — the batch system runs those on every node of the job.
     try:
         lifecycle.down(ctx.job_id, config)
+        addresses.release(config, ctx.job_id)
     except VtorqueError as exc:
         log.error("job %s: rollback on %s failed: %s", ctx.job_id, name, exc)
     reasons = "; ".join(f"{s.node}: {s.reason}" for s in failed)

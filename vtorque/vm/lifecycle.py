@@ -18,6 +18,7 @@ import os
 import pwd
 import secrets
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -31,7 +32,8 @@ from vtorque.request import VmRequest, check_fits_node, check_image_matches, ima
 from vtorque.vm import disks, readiness
 from vtorque.vm.host import Host
 from vtorque.vm.render import domain_xml
-from vtorque.vm.seed import seed_documents, write_seed_iso
+from vtorque.vm.addresses import AddressBlock
+from vtorque.vm.seed import SeedExtras, seed_documents, write_seed_iso
 from vtorque.vm.spec import GuestSpec, build_guest_specs
 
 LOCK_TIMEOUT = 30.0
@@ -48,6 +50,7 @@ class Guest:
     state: str
     mac: str | None = None
     ready_seconds: float | None = None
+    address: str | None = None
 
 
 @dataclass
@@ -102,7 +105,8 @@ def _job_lock(paths: JobPaths):
 
 
 def up(job_id: str, request: VmRequest, config: Config, *, first_rank: int = 0,
-       catalog: Catalog | None = None) -> UpResult:
+       catalog: Catalog | None = None, addresses: AddressBlock | None = None,
+       extras: Callable[[GuestSpec], SeedExtras] | None = None) -> UpResult:
     """Start this node's guests of `job_id` and wait until all answer."""
     started = time.monotonic()
     paths = paths_for(job_id, config)
@@ -118,13 +122,13 @@ def up(job_id: str, request: VmRequest, config: Config, *, first_rank: int = 0,
     specs = build_guest_specs(paths=paths, request=request, image=image, config=config,
                               domain_type=node.domain_type(config.hypervisor),
                               first_rank=first_rank, tokens=tokens,
-                              qemu_uid=qemu_uid, qemu_gid=qemu_gid)
+                              qemu_uid=qemu_uid, qemu_gid=qemu_gid, addresses=addresses)
     with _job_lock(paths), Host(config.libvirt_uri) as host:
         if host.tagged_domains(job_id) or os.path.lexists(paths.job_dir):
             # Left over from a killed prologue or a requeue: clear it, then start afresh.
             _teardown(paths, host, config)
         try:
-            return _provision(paths, specs, host, config, started)
+            return _provision(paths, specs, host, config, started, extras)
         except BaseException as exc:
             try:
                 _teardown(paths, host, config)
@@ -135,7 +139,8 @@ def up(job_id: str, request: VmRequest, config: Config, *, first_rank: int = 0,
 
 
 def _provision(paths: JobPaths, specs: list[GuestSpec], host: Host, config: Config,
-               started: float) -> UpResult:
+               started: float,
+               extras: Callable[[GuestSpec], SeedExtras] | None) -> UpResult:
     ensure_parent_dirs(config.state_dir, 0o755)
     make_dir(paths.job_dir, 0o710, gid=specs[0].qemu_gid)
     if any(disk.path.startswith(paths.ramdisk_dir + "/")
@@ -151,7 +156,9 @@ def _provision(paths: JobPaths, specs: list[GuestSpec], host: Host, config: Conf
         journal.record("guest-starting", domain=spec.name, rank=spec.rank)
         made = disks.create_disks(spec, timeout=timeouts.provision)
         if spec.seed is not None:
-            write_seed_iso(spec.seed.path, seed_documents(spec), gid=spec.qemu_gid)
+            write_seed_iso(spec.seed.path,
+                           seed_documents(spec, extras(spec) if extras else None),
+                           gid=spec.qemu_gid)
             made.append(spec.seed.path)
         uuid = host.start_transient(domain_xml(spec))
         journal.record("guest-started", domain=spec.name, rank=spec.rank, uuid=uuid,
@@ -169,7 +176,8 @@ def _provision(paths: JobPaths, specs: list[GuestSpec], host: Host, config: Conf
                                  host.state)
     journal.record("job-ready", seconds=round(time.monotonic() - started, 3))
     guests = [Guest(s.job_id, s.rank, s.name, s.hostname, "running",
-                    s.nic.mac if s.nic else None, round(ready[s.name], 3)) for s in specs]
+                    s.nic.mac if s.nic else None, round(ready[s.name], 3),
+                    s.nic.address if s.nic else None) for s in specs]
     return UpResult(paths.job_id, guests, time.monotonic() - started)
 
 
@@ -219,7 +227,7 @@ def _teardown(paths: JobPaths, host: Host, config: Config) -> list[str]:
         # Keep the journal and files: a later teardown (or the reaper) must still find
         # the guests that would not go away.
         raise TeardownError(paths.job_id, failures)
-    for directory in (paths.job_dir, paths.ramdisk_dir):
+    for directory in (paths.user_dir, paths.job_dir, paths.ramdisk_dir):
         try:
             remove_tree(directory)
         except OSError as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jinja2
 
-from vtorque.vm.spec import METADATA_NS, GuestSpec
+from vtorque.vm.spec import HOSTROOT_TAG, METADATA_NS, GuestSpec
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("vtorque.vm", "templates"),
@@ -16,4 +16,5 @@ _ENV = jinja2.Environment(
 
 def domain_xml(spec: GuestSpec) -> str:
     """The domain XML of one guest."""
-    return _ENV.get_template(spec.template).render(spec=spec, ns=METADATA_NS)
+    return _ENV.get_template(spec.template).render(spec=spec, ns=METADATA_NS,
+                                                  hostroot_tag=HOSTROOT_TAG)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from dataclasses import dataclass
 
 import pycdlib
 import yaml
@@ -11,10 +12,25 @@ import yaml
 from vtorque.vm.spec import GuestSpec
 
 
-def seed_documents(spec: GuestSpec) -> dict[str, str]:
-    """meta-data, user-data and network-config for one guest (no I/O)."""
+@dataclass(frozen=True)
+class SeedExtras:
+    """What a guest needs beyond its own spec to join its job: the job's hosts table and
+    the job's SSH trust (this guest's host key, the keys allowed to log in)."""
+    hosts: str = ""                                   # /etc/hosts lines of the whole job
+    host_key_private: str | None = None               # OpenSSH ed25519 private key
+    host_key_public: str | None = None
+    authorized_keys: tuple[tuple[str, str], ...] = ()  # (user name, public key line)
+    env: tuple[tuple[str, str], ...] = ()             # extra job environment in the guest
+    hostfile: str = ""                                # Open MPI hostfile of the whole job
+    nodefile: str = ""                                # PBS_NODEFILE of the whole job
+
+
+def seed_documents(spec: GuestSpec, extras: SeedExtras | None = None) -> dict[str, str]:
+    """The seed's files for one guest (no I/O): cloud-init's meta-data, user-data and
+    network-config, plus vtorque-* files that the direct-boot test guest's init reads."""
+    extras = extras or SeedExtras()
     meta = {"instance-id": spec.name, "local-hostname": spec.hostname}
-    user = {
+    user: dict = {
         "hostname": spec.hostname,
         "preserve_hostname": False,
         "disable_root": True,
@@ -23,14 +39,58 @@ def seed_documents(spec: GuestSpec) -> dict[str, str]:
         # The host waits for this line on the serial console (see vm/readiness.py).
         "runcmd": [["sh", "-c", f"echo '{spec.ready_line}' > /dev/ttyS0"]],
     }
+    write_files = []
+    if extras.host_key_private:
+        user["ssh_deletekeys"] = True
+        user["ssh_genkeytypes"] = []
+        user["ssh_keys"] = {"ed25519_private": extras.host_key_private,
+                            "ed25519_public": extras.host_key_public}
+    for name, key in extras.authorized_keys:
+        write_files.append({"path": f"/etc/vtorque/authorized_keys/{name}",
+                            "content": key + "\n", "permissions": "0644"})
+    if extras.authorized_keys:
+        write_files.append({"path": "/etc/ssh/sshd_config.d/vtorque.conf", "permissions": "0644",
+                            "content": "AuthorizedKeysFile /etc/vtorque/authorized_keys/%u\n"})
+    if extras.hosts:
+        write_files.append({"path": "/etc/hosts", "append": True, "content": extras.hosts})
+    for name, text in (("hostfile", extras.hostfile), ("nodefile", extras.nodefile)):
+        if text:
+            write_files.append({"path": f"/etc/vtorque/{name}", "content": text,
+                                "permissions": "0644"})
+    if write_files:
+        user["write_files"] = write_files
+        user["manage_etc_hosts"] = False
     docs = {
         "meta-data": yaml.safe_dump(meta, sort_keys=True),
         "user-data": "#cloud-config\n" + yaml.safe_dump(user, sort_keys=True),
     }
     if spec.nic is not None:
-        network = {"version": 2, "ethernets": {"nic0": {
-            "match": {"macaddress": spec.nic.mac}, "set-name": "eth0", "dhcp4": True}}}
-        docs["network-config"] = yaml.safe_dump(network, sort_keys=True)
+        eth: dict = {"match": {"macaddress": spec.nic.mac}, "set-name": "eth0"}
+        if spec.nic.address:
+            eth["addresses"] = [f"{spec.nic.address}/{spec.nic.prefix}"]
+            if spec.nic.gateway:
+                eth["routes"] = [{"to": "0.0.0.0/0", "via": spec.nic.gateway}]
+        else:
+            eth["dhcp4"] = True
+        if spec.nic.mtu != 1500:
+            eth["mtu"] = spec.nic.mtu
+        docs["network-config"] = yaml.safe_dump({"version": 2, "ethernets": {"nic0": eth}},
+                                                sort_keys=True)
+    # The same facts as plain files for guests without cloud-init (the test guest's init).
+    if extras.hosts:
+        docs["vtorque-hosts"] = extras.hosts
+    if extras.host_key_private:
+        docs["vtorque-ssh-host-key"] = extras.host_key_private
+        docs["vtorque-ssh-host-key.pub"] = (extras.host_key_public or "") + "\n"
+    if extras.authorized_keys:
+        docs["vtorque-authorized-keys"] = "".join(f"{name} {key}\n"
+                                                  for name, key in extras.authorized_keys)
+    if extras.hostfile:
+        docs["vtorque-hostfile"] = extras.hostfile
+    if extras.nodefile:
+        docs["vtorque-nodefile"] = extras.nodefile
+    if extras.env:
+        docs["vtorque-env"] = "".join(f"{k}={v}\n" for k, v in extras.env)
     return docs
 
 

@@ -16,8 +16,10 @@ from vtorque.config import Config
 from vtorque.images import Image
 from vtorque.journal import JobPaths
 from vtorque.request import VmRequest
+from vtorque.vm.addresses import AddressBlock
 
 READY_PREFIX = "vtorque-ready"
+HOSTROOT_TAG = "hostroot"
 # Our <metadata> namespace: every domain vtorque starts carries <vt:job id=... rank=...>.
 METADATA_NS = "urn:x-vtorque:job:1"
 
@@ -35,6 +37,10 @@ class NicSpec:
     kind: str            # network | bridge
     source: str
     mac: str
+    address: str | None = None      # static IPv4 address (None: DHCP)
+    prefix: int | None = None
+    gateway: str | None = None
+    mtu: int = 1500
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,7 @@ class GuestSpec:
     qemu_gid: int
     image_name: str
     distro: str
+    host_share: bool = False         # 9p share of the node's root, read-only, tag hostroot
 
     @property
     def ready_line(self) -> str:
@@ -101,7 +108,8 @@ def pinned_cores(config: Config, request: VmRequest, local_index: int) -> tuple[
 
 def build_guest_specs(*, paths: JobPaths, request: VmRequest, image: Image, config: Config,
                       domain_type: str, first_rank: int, tokens: list[str],
-                      qemu_uid: int, qemu_gid: int) -> list[GuestSpec]:
+                      qemu_uid: int, qemu_gid: int,
+                      addresses: AddressBlock | None = None) -> list[GuestSpec]:
     """Specs for the `request.vms_per_node` guests of this node, ranks from `first_rank`."""
     if len(tokens) != request.vms_per_node:
         raise ValueError("one ready token per guest is needed")
@@ -128,12 +136,25 @@ def build_guest_specs(*, paths: JobPaths, request: VmRequest, image: Image, conf
         nic = None
         if net.mode != "none":
             source = net.name if net.mode == "network" else net.bridge
-            nic = NicSpec(net.mode, source, mac_address(net.mac_prefix, paths.job_id, rank))
+            mac = mac_address(net.mac_prefix, paths.job_id, rank)
+            if addresses is not None:
+                nic = NicSpec(net.mode, source, mac, addresses.address(rank), addresses.prefix,
+                              addresses.gateway, net.mtu)
+            else:
+                nic = NicSpec(net.mode, source, mac, mtu=net.mtu)
         cmdline = None
         if image.kind == "kernel":
             extra = [f"vtorque.hostname={host}", f"vtorque.ready={tokens[index]}"]
-            if nic is not None:
+            if nic is not None and nic.address:
+                extra.append(f"vtorque.ip={nic.address}/{nic.prefix}")
+                if nic.gateway:
+                    extra.append(f"vtorque.gw={nic.gateway}")
+                if nic.mtu != 1500:
+                    extra.append(f"vtorque.mtu={nic.mtu}")
+            elif nic is not None:
                 extra.append("vtorque.net=dhcp")
+            if image.host_share:
+                extra.append(f"vtorque.hostroot={HOSTROOT_TAG}")
             cmdline = " ".join(filter(None, [image.cmdline, *extra]))
         specs.append(GuestSpec(
             job_id=paths.job_id, rank=rank, name=name, hostname=host,
@@ -150,5 +171,5 @@ def build_guest_specs(*, paths: JobPaths, request: VmRequest, image: Image, conf
             seed=seed, nic=nic,
             console_log=os.path.join(paths.job_dir, f"{name}.console.log"),
             ready_token=tokens[index], qemu_uid=qemu_uid, qemu_gid=qemu_gid,
-            image_name=image.name, distro=image.distro))
+            image_name=image.name, distro=image.distro, host_share=image.host_share))
     return specs

@@ -1,0 +1,89 @@
+"""A job's guests on this node, wired into the job: the glue between vm/ (guests) and
+mpi/ (addresses in hostfiles, SSH trust). The prologues and `vtorque vm up` both come
+through here, so a guest started by hand is the same as one started by a batch job.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+
+from vtorque.config import Config
+from vtorque.files import atomic_write, remove_tree
+from vtorque.journal import JobPaths
+from vtorque.mpi import hostfile, sshkeys
+from vtorque.request import VmRequest
+from vtorque.vm import addresses as addr
+from vtorque.vm import lifecycle
+from vtorque.vm.seed import SeedExtras
+from vtorque.vm.spec import GuestSpec, hostname
+
+
+def job_guests(job_id: str, request: VmRequest, node_count: int,
+               block: addr.AddressBlock | None, secret: bytes | None
+               ) -> list[hostfile.GuestEntry]:
+    """Every guest of the job, on every node, derived from the job alone."""
+    total = node_count * request.vms_per_node
+    return [hostfile.GuestEntry(
+        rank=rank, hostname=hostname(job_id, rank),
+        address=block.address(rank) if block else None, slots=request.vcpus,
+        host_key=sshkeys.host_key(secret, job_id, rank).public if secret else None)
+        for rank in range(total)]
+
+
+def bring_up(job_id: str, request: VmRequest, config: Config, *, user: str | None,
+             node_index: int = 0, node_count: int = 1
+             ) -> tuple[lifecycle.UpResult, list[hostfile.GuestEntry]]:
+    """Start this node's guests of the job, each knowing the whole job: addresses, hosts,
+    hostfiles and (when `user` is given) the job's SSH trust."""
+    block = None
+    if config.network.mode != "none":
+        block = addr.allocate(config, job_id, node_count * request.vms_per_node)
+    secret = sshkeys.read_secret(config.secret_file) if user else None
+    guests = job_guests(job_id, request, node_count, block, secret)
+    hosts = hostfile.hosts_lines(guests)
+    hosts_file = hostfile.openmpi_hostfile(guests)
+    nodes_file = hostfile.nodefile(guests)
+    authorized = ((user, sshkeys.user_key(secret, job_id).public),) if secret else ()
+
+    def extras(spec: GuestSpec) -> SeedExtras:
+        host = sshkeys.host_key(secret, job_id, spec.rank) if secret else None
+        return SeedExtras(hosts=hosts, host_key_private=host.private_openssh if host else None,
+                          host_key_public=host.public if host else None,
+                          authorized_keys=authorized, hostfile=hosts_file,
+                          nodefile=nodes_file,
+                          env=(("PBS_NODEFILE", "/etc/vtorque/nodefile"),))
+
+    result = lifecycle.up(job_id, request, config,
+                          first_rank=node_index * request.vms_per_node,
+                          addresses=block, extras=extras)
+    return result, guests
+
+
+def write_user_files(job_id: str, config: Config, user: str,
+                     guests: list[hostfile.GuestEntry]) -> str:
+    """The job owner's files on the mother superior: the job's private key, the guests'
+    pinned host keys, an ssh_config, the hostfiles. A directory 0700 owned by the user,
+    filled while still root-owned so nothing the user plants can redirect a write."""
+    paths = JobPaths.for_job(job_id, config.state_dir, config.ramdisk_dir)
+    account = pwd.getpwnam(user)
+    secret = sshkeys.read_secret(config.secret_file)
+    remove_tree(paths.user_dir)
+    os.mkdir(paths.user_dir, 0o700)
+    directory = paths.user_dir
+    files = {
+        "id_ed25519": sshkeys.user_key(secret, job_id).private_openssh,
+        "known_hosts": hostfile.known_hosts(guests),
+        "ssh_config": hostfile.ssh_config(user, os.path.join(directory, "id_ed25519"),
+                                          os.path.join(directory, "known_hosts"), guests),
+        "hostfile": hostfile.openmpi_hostfile(guests),
+        "nodefile": hostfile.nodefile(guests),
+        "rank0": guests[0].hostname + "\n",
+    }
+    for name, text in files.items():
+        atomic_write(os.path.join(directory, name), text, mode=0o600)
+    for name in files:
+        os.chown(os.path.join(directory, name), account.pw_uid, account.pw_gid,
+                 follow_symlinks=False)
+    os.chown(directory, account.pw_uid, account.pw_gid, follow_symlinks=False)
+    return directory
