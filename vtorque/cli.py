@@ -107,6 +107,11 @@ def cmd_hook(args) -> int:
     return hooks.main(args.scheduler, args.event, args.args, args.config)
 
 
+def cmd_job_shell(args) -> int:
+    from vtorque import jobshell
+    return jobshell.main(args.args, args.config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vtorque", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="config file (default: $VTORQUE_CONFIG or "
@@ -149,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     hook.add_argument("event", help="e.g. prologue, prologue.parallel, epilogue")
     hook.add_argument("args", nargs=argparse.REMAINDER, help="the batch system's arguments")
     hook.set_defaults(func=cmd_hook)
+    shell = sub.add_parser("job-shell", help="run a job script in guest rank 0 (the shell "
+                           "vsub gives VM jobs; runs as the job owner)")
+    shell.add_argument("args", nargs=argparse.REMAINDER, help="[script]")
+    shell.set_defaults(func=cmd_job_shell)
     return parser
 
 

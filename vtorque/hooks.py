@@ -49,8 +49,7 @@ def torque(event: str, args: list[str], config_path: str | None) -> int:
         return 2 if prologue else 1
     from vtorque.batch import base
     try:
-        adapter = base.get("torque" if config.batch.system == "auto" else config.batch.system,
-                           config.batch.bin_dir)
+        adapter = base.get(config.batch.system, config.batch.bin_dir)
     except VtorqueError as exc:
         _say(f"vtorque: {exc}")
         return 2 if prologue else 1

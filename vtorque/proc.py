@@ -35,21 +35,24 @@ class Completed:
     stderr: str
 
 
-def run(argv: Sequence[str], *, timeout: float, check: bool = True,
+def run(argv: Sequence[str], *, timeout: float | None, check: bool = True,
         env: Mapping[str, str] | None = None, input: str | None = None,
-        cwd: str | None = None) -> Completed:
+        cwd: str | None = None, capture: bool = True) -> Completed:
     """Run argv, wait at most `timeout` seconds, return its output.
 
     Raises CommandError on timeout (after killing the whole process group) and, when
-    `check` is true, on a non-zero exit status.
+    `check` is true, on a non-zero exit status. With capture=False the child writes
+    straight to our stdout and stderr (a job's output streaming to the batch system's
+    spool); `timeout` None waits as long as it runs (the batch system's walltime rules).
     """
     argv = [str(a) for a in argv]
     if not argv:
         raise ValueError("empty argv")
+    pipe = subprocess.PIPE if capture else None
     try:
         child = subprocess.Popen(
             argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=pipe, stderr=pipe, text=True, errors="replace",
             env=dict(env) if env is not None else clean_env(), cwd=cwd,
             start_new_session=True)
     except OSError as exc:
@@ -59,11 +62,12 @@ def run(argv: Sequence[str], *, timeout: float, check: bool = True,
     except subprocess.TimeoutExpired:
         _kill_group(child.pid)
         out, err = child.communicate()
-        raise CommandError(argv, None, out, err, timed_out=True) from None
+        raise CommandError(argv, None, out or "", err or "", timed_out=True) from None
     except BaseException:
         _kill_group(child.pid)
         child.wait()
         raise
+    out, err = out or "", err or ""
     if check and child.returncode != 0:
         raise CommandError(argv, child.returncode, out, err)
     return Completed(argv, child.returncode, out, err)

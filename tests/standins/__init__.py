@@ -6,7 +6,8 @@ Protocol (also in standin_db.py):
   the stand-ins find their DB even when run with a clean environment (as hooks run them).
   $VTORQUE_STANDIN_DB, when set, wins over db.path.
 - Every call appends {"prog": name, "argv": [name, args...]} to `<db>.calls` (calls()).
-- Failure injection: DB key "fail": {"<prog>": {"exit": N, "stderr": "...", "stdout": ""}}.
+- Failure injection: DB key "fail": {"<prog>": {"exit": N, "stderr": "...", "stdout": ""}};
+  a hanging server: "delay": {"<prog>": seconds}.
 Nothing is shared between tests, so pytest-xdist workers never meet.
 """
 

@@ -7,6 +7,7 @@ keep the "server" in one JSON file, the DB:
     {"jobs":  {"<job id>": {"<attribute>": value, ...}, ...},
      "nodes": {"<name>": {"state": "free|offline", "note": "...", "comment": "..."}},
      "fail":  {"<prog>": {"exit": 1, "stderr": "...", "stdout": "..."}},   # optional
+     "delay": {"<prog>": seconds},                     # optional: a hanging server
      "torque_version": "6.1.2", "pbs_version": "23.06.06"}                # optional
 
 A flat {"<job id>": {...}} is read as {"jobs": {...}}. Where the DB is:
@@ -25,6 +26,7 @@ import fcntl
 import json
 import os
 import sys
+import time
 from contextlib import contextmanager
 from typing import Any
 
@@ -91,11 +93,14 @@ def record_call(path: str, prog: str, args: list[str]) -> None:
 
 def start(argv0: str, real_file: str, args: list[str]) -> tuple[str, str, dict]:
     """Common prologue of every stand-in: find the DB, log the call, apply an injected
-    failure. Returns (prog, db path, db)."""
+    delay and failure. Returns (prog, db path, db)."""
     prog = os.path.basename(argv0)
     path = db_path(argv0, real_file)
     record_call(path, prog, args)
     data = load(path)
+    delay = data.get("delay", {}).get(prog)
+    if delay:
+        time.sleep(float(delay))
     fail = data.get("fail", {}).get(prog)
     if fail:
         sys.stdout.write(fail.get("stdout", ""))
