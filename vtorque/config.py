@@ -209,6 +209,9 @@ SCHEMA: dict[str, dict[str, Field] | Field] = {
         "shared_state_dir": Field(_abs_path, "/var/spool/vtorque/shared",
                                   "directory on a file system shared by all nodes; the mother "
                                   "superior reads each node's guest status here"),
+        "job_shell": Field(_abs_path, "/usr/local/libexec/vtorque/job-shell",
+                           "the shell vsub gives VM jobs (qsub -S): runs the script in guest "
+                           "rank 0; installed by contrib/torque_hooks/install"),
         "max_requeues": Field(_int(0, 100), 3, "node faults that requeue a job before the "
                               "prologue aborts it instead"),
     },

@@ -83,6 +83,9 @@ def run(script: str, env: Mapping[str, str], config_path: str | None) -> int:
         raise VtorqueError(f"job-shell: job {job_id} has no guests on this node "
                            f"({paths.user_dir} missing); was it submitted with vsub?") from None
     shell, shell_args = script_shell(script)
+    asked = env.get("VTORQUE_SHELL", "")
+    if _SHELL.fullmatch(asked):       # the user's qsub -S, kept by vsub for the guest
+        shell, shell_args = asked, []
     command = remote_command(guest_environment(env, job_id),
                              env.get("PBS_O_WORKDIR") or env.get("SLURM_SUBMIT_DIR"),
                              shell, shell_args)

@@ -82,6 +82,7 @@ DEFAULT_PREFIX = "#PBS"
 NEUTRAL_MARK = "# vsub: "
 
 _TRUE = ("true", "t", "yes", "y", "1")
+_BLANK = " \t\r\f\v"                    # C isspace() without the newline
 
 
 class UsageError(UserError):
@@ -271,15 +272,16 @@ def read_directives(text: str, prefix: str) -> ScriptDirectives:
     """The leading directive block of a job script, parsed; -vm directives neutralized."""
     if not prefix:
         return ScriptDirectives()
-    lines = text.splitlines(keepends=True)
+    parts = text.split("\n")               # qsub reads lines up to '\n' only
+    lines = [part + "\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
     directives: list[Directive] = []
     changed = False
     for index, raw in enumerate(lines):
         line = raw.rstrip("\r\n")
-        stripped = line.lstrip()
+        stripped = line.lstrip(_BLANK)
         if stripped.startswith(prefix):
             rest = stripped[len(prefix):]
-            if not rest or rest[0].isspace():
+            if not rest or rest[0] in _BLANK:
                 where = f"script line {index + 1}: "
                 words = _split_directive(rest)
                 parsed = parse_args(words, where=where, allow_script=False)
@@ -305,7 +307,7 @@ def _neutralize(line: str, prefix: str, parsed: ParsedArgs) -> str:
     """A directive line without its -vm options (same line count)."""
     if not parsed.groups and not parsed.long_options:
         return NEUTRAL_MARK + line
-    indent = line[:len(line) - len(line.lstrip())]
+    indent = line[:len(line) - len(line.lstrip(_BLANK))]
     words = [w for g in parsed.groups for w in g.render()] + list(parsed.long_options)
     return indent + prefix + " " + shlex.join(words)
 
@@ -508,11 +510,19 @@ def check_no_job_variable(cmdline: ParsedArgs, script: ScriptDirectives) -> None
 
 
 def build_pbs_submission(cmdline: ParsedArgs, script: JobScript, encoded_request: str,
-                         need: Footprint) -> Submission:
-    """Torque / OpenPBS qsub: adjusted resources, the request as a job variable."""
+                         need: Footprint, job_shell: str | None = None) -> Submission:
+    """Torque / OpenPBS qsub: adjusted resources, the request as a job variable, and the
+    vtorque job shell (-S) that runs the script in guest rank 0. A shell the user asked
+    for with -S travels as VTORQUE_SHELL and interprets the script inside the guest."""
     groups, added_l, notes = adjust_pbs_resources(cmdline, script.directives.args_of("l"),
                                                   need)
     variable = f"{JOB_VARIABLE}={encoded_request}"
+    if job_shell is not None:
+        user_shells = script.directives.args_of("S") + [g.arg or "" for g in groups
+                                                        if g.letter == "S"]
+        if user_shells and user_shells[-1]:
+            variable += f",VTORQUE_SHELL={user_shells[-1]}"
+        groups = [g for g in groups if g.letter != "S"]
     v_at = [i for i, g in enumerate(groups) if g.letter == "v"]
     added_v: str | None = None
     if v_at:
@@ -526,6 +536,8 @@ def build_pbs_submission(cmdline: ParsedArgs, script: JobScript, encoded_request
         args += ["-l", ",".join(added_l)]
     if added_v is not None:
         args += ["-v", added_v]
+    if job_shell is not None:
+        args += ["-S", job_shell]
     rewritten = script.directives.text_for_qsub
     note_lines = ()
     if notes:
@@ -551,10 +563,11 @@ SUBMIT_COMMANDS = {"torque": "qsub", "openpbs": "qsub", "slurm": "sbatch"}
 
 
 def build_submission(system: str, cmdline: ParsedArgs, script: JobScript,
-                     encoded_request: str, need: Footprint) -> Submission:
+                     encoded_request: str, need: Footprint,
+                     job_shell: str | None = None) -> Submission:
     try:
         builder = BUILDERS[system]
     except KeyError:
         raise NodeError(f"vsub does not support the batch system '{system}' yet "
                          "(config key batch.system)") from None
-    return builder(cmdline, script, encoded_request, need)
+    return builder(cmdline, script, encoded_request, need, job_shell)

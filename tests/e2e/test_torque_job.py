@@ -1,0 +1,313 @@
+"""Acceptance test for Torque: vsub -> (stand-in) server -> mom hooks on 2 nodes -> the job
+script in guest rank 0 -> epilogues; real libvirtd, real QEMU guests, real SSH.
+
+Torque cannot be installed here: tests/harness/pbs_mom.py plays pbs_server and pbs_mom
+from the documented contract, running the hook shims installed by
+contrib/torque_hooks/install; qstat/pbsnodes are the stand-ins in tests/standins/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.e2e.conftest import NETNS, REPO, WORK_ROOT
+from tests.harness.pbs_mom import SimNode, TorqueHarness
+from tests.standins import calls, install, read_db
+from vtorque import config as config_mod
+from vtorque.journal import JobPaths
+from vtorque.vm.host import Host
+
+JOB_USER = "vtjob"
+JOB_UID = 4242
+
+
+@pytest.fixture(scope="session")
+def job_user():
+    """An ordinary user to own test jobs (created here if missing, removed if we made it)."""
+    try:
+        pwd.getpwnam(JOB_USER)
+        created = False
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--uid", str(JOB_UID), "--user-group",
+                        "--shell", "/bin/sh", JOB_USER], check=True)
+        created = True
+    yield JOB_USER
+    if created:
+        subprocess.run(["userdel", "--remove", JOB_USER], check=False, capture_output=True)
+
+
+class Cluster:
+    """N simulated Torque nodes on this machine sharing libvirtd and a shared state dir."""
+
+    def __init__(self, root: Path, pool: str, n_nodes: int, **overrides):
+        self.root = root
+        self.bin_dir = root / "bin"
+        self.db = install("torque", self.bin_dir)
+        os.symlink(REPO / "tests" / "standins" / "recording_qsub", self.bin_dir / "qsub")
+        secret = root / "secret"
+        secret.write_bytes(os.urandom(32))
+        secret.chmod(0o600)
+        self.workdir = root / "work"
+        self.workdir.mkdir()
+        os.chown(self.workdir, JOB_UID, JOB_UID)
+        self.job_shell = root / "job-shell"
+        self.nodes: list[SimNode] = []
+        for index in range(n_nodes):
+            name = f"node{index + 1}"
+            node_dir = root / name
+            node_dir.mkdir()
+            cfg = {
+                "image_pool": pool, "state_dir": str(node_dir / "state"),
+                "ramdisk_dir": str(node_dir / "ramdisk"), "log_file": str(node_dir / "log"),
+                "node_name": name, "hypervisor": "qemu", "min_free_space": "64M",
+                "secret_file": str(secret),
+                "host_reserve": {"cores": 0, "memory": "512M"},
+                "defaults": {"img": "testguest", "ram": "256M"},
+                "timeouts": {"provision": 150, "guest_ready": 120, "teardown": 30},
+                "network": {"mode": "network", "name": "default", "subnet": "192.168.122.0/24",
+                            "gateway": "192.168.122.1", "pool_first": 100, "pool_last": 199},
+                "batch": {"system": "torque", "bin_dir": str(self.bin_dir),
+                          "shared_state_dir": str(root / "shared"),
+                          "job_shell": str(self.job_shell), "max_requeues": 2},
+            }
+            for key, value in overrides.items():
+                if isinstance(value, dict):
+                    cfg.setdefault(key, {}).update(value)
+                else:
+                    cfg[key] = value
+            config_path = node_dir / "vtorque.yaml"
+            config_path.write_text(yaml.safe_dump(cfg))
+            mom_priv = node_dir / "mom_priv"
+            mom_priv.mkdir()
+            subprocess.run([str(REPO / "contrib" / "torque_hooks" / "install"),
+                            "--mom-priv", str(mom_priv), "--python", sys.executable,
+                            "--config", str(config_path), "--job-shell", str(self.job_shell)],
+                           check=True, capture_output=True, text=True)
+            self.nodes.append(SimNode(name, mom_priv, config_path))
+        self.harness = TorqueHarness(self.nodes, self.db, NETNS, self.workdir)
+
+    def config(self, index: int = 0):
+        return config_mod.load(str(self.nodes[index].config))
+
+    def vsub(self, *args: str, script: str) -> subprocess.CompletedProcess:
+        """vsub as the job owner, its qsub being the recording stand-in."""
+        calls_file = self.root / "qsub-calls.jsonl"
+        env = {"PATH": "/usr/bin:/bin", "HOME": f"/home/{JOB_USER}",
+               "VTORQUE_CONFIG": str(self.nodes[0].config),
+               "VTORQUE_STANDIN_CALLS": str(calls_file), "PYTHONPATH": str(REPO)}
+        return subprocess.run(["setpriv", f"--reuid={JOB_UID}", f"--regid={JOB_UID}",
+                               "--init-groups", "--", sys.executable, "-m", "vtorque.vsub",
+                               *args], input=script, capture_output=True, text=True,
+                              env=env, cwd=self.workdir, timeout=60)
+
+    def submitted(self) -> list[dict]:
+        path = self.root / "qsub-calls.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] \
+            if path.exists() else []
+
+    def leftovers(self, job_id: str) -> list[str]:
+        """Everything of the job still on any node: domains, files, keys, addresses."""
+        found = []
+        with Host("qemu:///system") as host:
+            found += [d.name for d in host.tagged_domains(job_id)]
+        for index, node in enumerate(self.nodes):
+            cfg = self.config(index)
+            paths = JobPaths.for_job(job_id, cfg.state_dir, cfg.ramdisk_dir)
+            for path in (paths.job_dir, paths.ramdisk_dir, paths.user_dir, paths.lock):
+                if os.path.lexists(path):
+                    found.append(f"{node.name}:{path}")
+        shared = self.root / "shared"
+        if shared.exists():
+            for entry in shared.iterdir():
+                if entry.name == "addresses.json":
+                    if job_id in json.loads(entry.read_text()):
+                        found.append(f"address block of {job_id}")
+                elif not entry.name.startswith("."):
+                    found.append(str(entry))
+        return found
+
+    def teardown_all(self) -> None:
+        for job_id in list(read_db(self.db).get("jobs", {})):
+            for index in range(len(self.nodes)):
+                from vtorque.vm import lifecycle
+                try:
+                    lifecycle.down(job_id, self.config(index))
+                except Exception as exc:  # keep cleaning
+                    print(f"cleanup {job_id}: {exc}", file=sys.stderr)
+
+
+@pytest.fixture
+def torque_cluster(libvirtd, test_pool, job_user):
+    made: list[Cluster] = []
+
+    def make(n_nodes: int = 2, **overrides) -> Cluster:
+        root = WORK_ROOT / f"torque-{uuid.uuid4().hex[:10]}"
+        root.mkdir(mode=0o755, parents=True)
+        cluster = Cluster(root, test_pool, n_nodes, **overrides)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    import shutil
+    for cluster in made:
+        cluster.teardown_all()
+        shutil.rmtree(cluster.root, ignore_errors=True)
+
+
+JOB_SCRIPT = """#!/bin/sh
+#PBS -N vmjob
+#PBS -vm vms_per_node=2
+echo "host=$(hostname)"
+echo "uid=$(id -u) gid=$(id -g)"
+echo "nodefile=$PBS_NODEFILE"
+cat "$PBS_NODEFILE"
+echo "workdir=$(pwd)"
+exit ${EXIT_WITH:-0}
+"""
+
+
+def test_two_node_job_runs_in_guest_rank0(torque_cluster):
+    cluster = torque_cluster(2)
+    sub = cluster.vsub("-l", "nodes=2:ppn=2", "-vm", "img=testguest,vcpus=1,ram=256M",
+                       script=JOB_SCRIPT)
+    assert sub.returncode == 0, sub.stderr
+    [call] = cluster.submitted()
+    job = cluster.harness.submit(["qsub", *call["argv"]], call.get("stdin") or JOB_SCRIPT,
+                                 JOB_USER, job_id=sub.stdout.strip())
+    run = cluster.harness.run(job)
+    assert run.prologue == {"node1": 0, "node2": 0}, run.prologue_output
+    assert run.exit_status == 0, run.stderr
+    lines = run.stdout.splitlines()
+    job_num = job["id"].split(".")[0]
+    assert f"host=vt{job_num}-0" in lines
+    assert f"uid={JOB_UID} gid={JOB_UID}" in lines
+    assert "nodefile=/etc/vtorque/nodefile" in lines
+    # 4 guests x 1 vCPU, rank order, guests of both nodes.
+    assert [ln for ln in lines if ln.startswith("vt")] == \
+        [f"vt{job_num}-{rank}" for rank in range(4)]
+    assert f"workdir={cluster.workdir}" in lines
+    assert run.epilogue == {"node1": 0, "node2": 0}
+    assert cluster.leftovers(job["id"]) == []
+
+
+def test_failing_script_status_arrives(torque_cluster):
+    cluster = torque_cluster(1)
+    script = JOB_SCRIPT.replace("${EXIT_WITH:-0}", "3").replace("vms_per_node=2",
+                                                                 "vms_per_node=1")
+    sub = cluster.vsub("-vm", "img=testguest", script=script)
+    assert sub.returncode == 0, sub.stderr
+    [call] = cluster.submitted()
+    job = cluster.harness.submit(["qsub", *call["argv"]], script, JOB_USER,
+                                 job_id=sub.stdout.strip())
+    run = cluster.harness.run(job)
+    assert run.prologue == {"node1": 0}, run.prologue_output
+    assert run.exit_status == 3
+    assert cluster.leftovers(job["id"]) == []
+
+
+def test_job_without_vm_request_passes_through(torque_cluster):
+    cluster = torque_cluster(1)
+    job = cluster.harness.submit(["qsub", "-N", "plain"], "#!/bin/sh\necho plain\n",
+                                 JOB_USER)
+    run = cluster.harness.start(job)
+    assert run.prologue == {"node1": 0}
+    cluster.harness.finish(job, run)
+    assert run.epilogue == {"node1": 0}
+    assert cluster.leftovers(job["id"]) == []
+    with Host("qemu:///system") as host:
+        assert host.tagged_domains(job["id"]) == []
+
+
+def test_image_withdrawn_after_submit_aborts(torque_cluster):
+    cluster = torque_cluster(1)
+    job = cluster.harness.submit(["qsub", "-v", "VTORQUE_VM=img=nosuchimage"],
+                                 "#!/bin/sh\necho never\n", JOB_USER)
+    run = cluster.harness.run(job)
+    assert run.prologue == {"node1": 1}
+    assert run.action == "abort"
+    assert "not in the authorized image pool" in run.prologue_output
+    assert not run.started
+    assert cluster.leftovers(job["id"]) == []
+
+
+def test_tampered_request_is_revalidated(torque_cluster):
+    # A request altered after submission (qalter -v) goes through the same checks.
+    cluster = torque_cluster(1)
+    job = cluster.harness.submit(["qsub", "-v", "VTORQUE_VM=img=testguest;vcpus=999"],
+                                 "#!/bin/sh\necho never\n", JOB_USER)
+    run = cluster.harness.run(job)
+    assert run.action == "abort"
+    assert "vcpus=999 exceeds the site limit" in run.prologue_output
+    assert cluster.leftovers(job["id"]) == []
+
+
+def test_node_fault_requeues_then_aborts(torque_cluster):
+    # libvirt unreachable on the node: requeue; past batch.max_requeues: abort.
+    cluster = torque_cluster(1, libvirt_uri="qemu:///system?socket=/nonexistent/sock")
+    job = cluster.harness.submit(["qsub", "-v", "VTORQUE_VM=img=testguest"],
+                                 "#!/bin/sh\necho never\n", JOB_USER)
+    run = cluster.harness.run(job)
+    assert run.prologue == {"node1": 2}
+    assert "cannot connect to libvirt" in run.prologue_output
+    cluster.harness.set_job(job["id"], run_count=3)
+    again = cluster.harness.run(job)
+    assert again.prologue == {"node1": 1}
+    assert "aborting it" in again.prologue_output
+    assert cluster.leftovers(job["id"]) == []
+
+
+def test_broken_config_requeues(torque_cluster):
+    cluster = torque_cluster(1)
+    cluster.nodes[0].config.write_text("bogus_key: 1\n")
+    job = cluster.harness.submit(["qsub", "-v", "VTORQUE_VM=img=testguest"],
+                                 "#!/bin/sh\necho never\n", JOB_USER)
+    run = cluster.harness.start(job)
+    assert run.prologue == {"node1": 2}
+    assert "bogus_key: unknown key" in run.prologue_output
+
+
+def test_hostile_hook_environment_is_ignored(torque_cluster, tmp_path):
+    cluster = torque_cluster(1)
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    marker = tmp_path / "ran"
+    for name in ("qstat", "python3", "virsh", "qemu-img"):
+        (evil / name).write_text(f"#!/bin/sh\ntouch {marker}\nexit 0\n")
+        (evil / name).chmod(0o755)
+    cluster.harness.hook_env = {"PATH": str(evil), "LD_PRELOAD": "/nonexistent/evil.so",
+                                "PYTHONPATH": str(evil), "PBS_O_WORKDIR": "/etc"}
+    job = cluster.harness.submit(["qsub", "-v", "VTORQUE_VM=img=nosuchimage"],
+                                 "#!/bin/sh\necho never\n", JOB_USER)
+    run = cluster.harness.start(job)
+    assert run.prologue == {"node1": 1}  # the real qstat answered: the image is refused
+    assert not marker.exists()
+
+
+def test_teardown_failure_takes_node_offline(torque_cluster, monkeypatch):
+    cluster = torque_cluster(1)
+    cfg = cluster.config()
+    # Leave state the epilogue cannot remove: a job dir it is not allowed to delete.
+    paths = JobPaths.for_job("77.standin", cfg.state_dir, cfg.ramdisk_dir)
+    os.makedirs(paths.job_dir)
+    Path(paths.job_dir, "pinned").write_text("x")
+    subprocess.run(["chattr", "+i", os.path.join(paths.job_dir, "pinned")], check=True)
+    try:
+        job = {"id": "77.standin", "euser": JOB_USER, "egroup": JOB_USER,
+               "Job_Name": "x", "Resource_List": {}, "queue": "batch"}
+        from tests.harness.pbs_mom import JobRun
+        run = cluster.harness.finish(job, JobRun("77.standin", exit_status=0))
+        assert run.epilogue == {"node1": 1}
+        offline = [c for c in calls(cluster.db) if c["prog"] == "pbsnodes"]
+        assert offline and "-o" in offline[0]["argv"]
+        assert "node1" in offline[0]["argv"]
+    finally:
+        subprocess.run(["chattr", "-i", os.path.join(paths.job_dir, "pinned")], check=False)
