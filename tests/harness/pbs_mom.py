@@ -19,7 +19,6 @@ arguments, environment, $prologalarm, exit status effects) and kept small. It pl
 from __future__ import annotations
 
 import json
-import os
 import pwd
 import shlex
 import subprocess

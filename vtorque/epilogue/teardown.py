@@ -1,9 +1,10 @@
 """What an epilogue does on one node, for any batch system: destroy the job's guests and
-files here, withdraw this node's hand-off status, and if that cannot be completed take the
-node out of service rather than leave it in an unknown state.
+files here, withdraw this node's hand-off status (and on the mother superior the job's
+hand-off directory and address block), and if that cannot be completed take the node out
+of service rather than leave it in an unknown state.
 
 Needs nothing from the batch server (the job may be gone already) and works for jobs that
-never had guests here: a job without state on this node costs one directory check.
+never had guests here: a job without state on this node costs a few stat() calls.
 """
 
 from __future__ import annotations
@@ -20,29 +21,40 @@ from vtorque.prologue.provision import node_name
 
 
 def has_local_state(job_id: str, config: Config) -> bool:
-    """True when this node holds anything of the job (job dir, ramdisk dir, lock, status).
+    """True when this node holds files of the job (job dir, ramdisk dir, user dir, lock).
 
     Guests are only ever started after their job directory exists, and teardown keeps the
-    directory until every guest is gone, so no state here means no guests here."""
+    directory until every guest is gone, so no local state means no guests here."""
     paths = JobPaths.for_job(job_id, config.state_dir, config.ramdisk_dir)
-    return any(os.path.lexists(p) for p in (paths.job_dir, paths.ramdisk_dir, paths.lock,
-                                            handoff.job_dir(config, job_id)))
+    return any(os.path.lexists(p) for p in (paths.job_dir, paths.ramdisk_dir,
+                                            paths.user_dir, paths.lock))
+
+
+def clean_node(job_id: str, config: Config, *, mother_superior: bool) -> list[str]:
+    """Remove the job from this node; returns the guests destroyed. Cluster-wide pieces
+    (hand-off directory, address block) go with the mother superior's cleanup, and only
+    once its own guests are gone, so a block is never reused while a guest may live."""
+    from vtorque.vm import addresses, lifecycle
+    destroyed: list[str] = []
+    if has_local_state(job_id, config):
+        destroyed = lifecycle.down(job_id, config)
+    handoff.withdraw(config, job_id, node_name(config))
+    if mother_superior:
+        handoff.clear(config, job_id)
+        addresses.release(config, job_id)
+    return destroyed
 
 
 def teardown(job_id: str, config: Config, *, mother_superior: bool,
              offline: Callable[[str, str], None] | None = None) -> tuple[bool, str]:
-    """Remove everything of `job_id` on this node. Returns (ok, message)."""
-    if not has_local_state(job_id, config):
+    """The epilogue: clean_node, and on failure take the node offline. (ok, message)."""
+    if not has_local_state(job_id, config) and \
+            not os.path.lexists(handoff.job_dir(config, job_id)) and not mother_superior:
         return True, ""
-    from vtorque.vm import addresses, lifecycle
     log = node_logger(config)
     name = node_name(config)
     try:
-        destroyed = lifecycle.down(job_id, config)
-        handoff.withdraw(config, job_id, name)
-        if mother_superior:
-            handoff.clear(config, job_id)
-            addresses.release(config, job_id)
+        destroyed = clean_node(job_id, config, mother_superior=mother_superior)
     except VtorqueError as exc:
         message = f"vtorque: teardown of job {job_id} on {name} incomplete: {exc}"
         log.error("%s", message)
@@ -54,5 +66,7 @@ def teardown(job_id: str, config: Config, *, mother_superior: bool,
                 log.error("could not take node %s offline: %s", name, off_exc)
                 message += f"; taking the node offline failed too: {off_exc}"
         return False, message
-    log.info("job %s: %d guest(s) destroyed on %s, nothing left", job_id, len(destroyed), name)
+    if destroyed:
+        log.info("job %s: %d guest(s) destroyed on %s, nothing left", job_id, len(destroyed),
+                 name)
     return True, ""

@@ -55,9 +55,9 @@ def provision(ctx: JobContext, config: Config, *, mother_superior: bool) -> Outc
     log = node_logger(config)
     if not ctx.is_vm_job:
         return Outcome(RUN)
+    from vtorque.epilogue.teardown import clean_node
     from vtorque.prologue.guests import bring_up, write_user_files
     from vtorque.request import build_request, decode_pairs
-    from vtorque.vm import addresses, lifecycle
 
     name = node_name(config)
     try:
@@ -95,8 +95,7 @@ def provision(ctx: JobContext, config: Config, *, mother_superior: bool) -> Outc
     # Another node failed: roll back here; every other node rolls back in its epilogue
     # (or the reaper does it) — the batch system runs those on every node of the job.
     try:
-        lifecycle.down(ctx.job_id, config)
-        addresses.release(config, ctx.job_id)
+        clean_node(ctx.job_id, config, mother_superior=True)
     except VtorqueError as exc:
         log.error("job %s: rollback on %s failed: %s", ctx.job_id, name, exc)
     reasons = "; ".join(f"{s.node}: {s.reason}" for s in failed)
