@@ -5,6 +5,7 @@
     vtorque vm up --job ID --request 'img=NAME,vcpus=1,ram=256M,vms_per_node=2'
     vtorque vm list [--job ID]
     vtorque vm down --job ID
+    vtorque reap [--dry-run]
     vtorque hook torque prologue|prologue.parallel|epilogue|epilogue.parallel ARGS...
 
 Exit status: 0 success, 1 failure (one line on stderr naming the problem), 2 usage.
@@ -112,6 +113,16 @@ def cmd_job_shell(args) -> int:
     return jobshell.main(args.args, args.config)
 
 
+def cmd_reap(args) -> int:
+    from vtorque.batch import base
+    from vtorque.epilogue.reaper import reap
+    cfg = _load(args)
+    verdicts = reap(cfg, base.get(cfg.batch.system, cfg.batch.bin_dir), dry_run=args.dry_run)
+    for v in verdicts:
+        print(f"{v.job_id}\t{v.action}\t{v.reason}")
+    return 1 if any(v.action == "unknown" for v in verdicts) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vtorque", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="config file (default: $VTORQUE_CONFIG or "
@@ -154,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     hook.add_argument("event", help="e.g. prologue, prologue.parallel, epilogue")
     hook.add_argument("args", nargs=argparse.REMAINDER, help="the batch system's arguments")
     hook.set_defaults(func=cmd_hook)
+    reap_p = sub.add_parser("reap", help="remove guests and files of jobs that no longer "
+                            "run here (run at boot and from cron)")
+    reap_p.add_argument("--dry-run", action="store_true", help="only say what would go")
+    reap_p.set_defaults(func=cmd_reap)
     shell = sub.add_parser("job-shell", help="run a job script in guest rank 0 (the shell "
                            "vsub gives VM jobs; runs as the job owner)")
     shell.add_argument("args", nargs=argparse.REMAINDER, help="[script]")

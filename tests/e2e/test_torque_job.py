@@ -73,7 +73,7 @@ class Cluster:
                 "host_reserve": {"cores": 0, "memory": "512M"},
                 "defaults": {"img": "testguest", "ram": "256M"},
                 "timeouts": {"provision": 150, "guest_ready": 120, "teardown": 30},
-                "network": {"mode": "network", "name": "default", "subnet": "192.168.122.0/24",
+                "network": {"mode": "network", "name": "vtorque", "subnet": "192.168.122.0/24",
                             "gateway": "192.168.122.1", "pool_first": 100, "pool_last": 199},
                 "batch": {"system": "torque", "bin_dir": str(self.bin_dir),
                           "shared_state_dir": str(root / "shared"),
@@ -311,3 +311,30 @@ def test_teardown_failure_takes_node_offline(torque_cluster, monkeypatch):
         assert "node1" in offline[0]["argv"]
     finally:
         subprocess.run(["chattr", "-i", os.path.join(paths.job_dir, "pinned")], check=False)
+
+
+def test_reaper_removes_dead_jobs_and_keeps_running_ones(torque_cluster):
+    from vtorque.batch import base
+    from vtorque.epilogue.reaper import reap
+    from vtorque.prologue.guests import bring_up
+    from vtorque.request import parse_request
+    cluster = torque_cluster(1)
+    cfg = cluster.config()
+    running = cluster.harness.submit(["qsub", "-v", "VTORQUE_VM=img=testguest"],
+                                     "#!/bin/sh\n", JOB_USER)
+    request = parse_request("vms_per_node=1", cfg)
+    for job_id in ("900.gone", running["id"]):     # 900.gone: unknown to the server
+        bring_up(job_id, request, cfg, user=None)
+    verdicts = {v.job_id: v.action
+                for v in reap(cfg, base.get("torque", cfg.batch.bin_dir))}
+    assert verdicts["900.gone"] == "reaped"
+    assert verdicts[running["id"]] == "kept"
+    assert cluster.leftovers("900.gone") == []
+    with Host("qemu:///system") as host:
+        assert [d.state for d in host.tagged_domains(running["id"])] == ["running"]
+    # The job finishes without an epilogue (say, the mom restarted): the reaper cleans it.
+    cluster.harness.set_job(running["id"], job_state="C")
+    verdicts = {v.job_id: v.action
+                for v in reap(cfg, base.get("torque", cfg.batch.bin_dir))}
+    assert verdicts[running["id"]] == "reaped"
+    assert cluster.leftovers(running["id"]) == []
