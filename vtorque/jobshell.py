@@ -82,6 +82,8 @@ def run(script: str, env: Mapping[str, str], config_path: str | None) -> int:
     except OSError:
         raise VtorqueError(f"job-shell: job {job_id} has no guests on this node "
                            f"({paths.user_dir} missing); was it submitted with vsub?") from None
+    if _read(paths.user_dir, "guest-kind") == "osv":
+        return _run_osv(script, env, job_id, _read(paths.user_dir, "rank0-address"))
     shell, shell_args = script_shell(script)
     asked = env.get("VTORQUE_SHELL", "")
     if _SHELL.fullmatch(asked):       # the user's qsub -S, kept by vsub for the guest
@@ -96,6 +98,32 @@ def run(script: str, env: Mapping[str, str], config_path: str | None) -> int:
     if done.returncode == 255:
         print(f"vtorque: job-shell: ssh to guest {rank0} failed", file=sys.stderr)
     return done.returncode
+
+
+def _read(directory: str, name: str) -> str:
+    try:
+        with open(os.path.join(directory, name)) as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def osv_command(script: str) -> str:
+    """OSv runs programs, not shell scripts: the job script's one command line (comments,
+    #PBS directives and blank lines aside) is the program and its arguments."""
+    lines = [ln.strip() for ln in script.splitlines()
+             if ln.strip() and not ln.lstrip().startswith("#")]
+    if len(lines) != 1:
+        raise VtorqueError("job-shell: an OSv job script must hold exactly one command line "
+                           f"(found {len(lines)})")
+    return lines[0]
+
+
+def _run_osv(script: str, env: Mapping[str, str], job_id: str, address: str) -> int:
+    from vtorque import osv
+    if not address:
+        raise VtorqueError(f"job-shell: job {job_id}: no address for OSv rank 0")
+    return osv.run_job(address, osv_command(script), env=guest_environment(env, job_id))
 
 
 def main(args: list[str], config_path: str | None) -> int:

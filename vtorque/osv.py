@@ -368,12 +368,18 @@ def execute(address: str, command: Sequence[str] | str, *, port: int = PORT,
     try:
         body = api.checked("PUT", "/app/", "starting the command", form={"command": line},
                            retry="refused")
+    except GuestGone:
+        raise
     except OsvHttpError as exc:
         if launcher in exc.detail:
             raise OsvHttpError(f"{exc}: does the image contain the vtorque launcher "
                                f"{launcher} (see docs/osv.md)?", exc.code, exc.detail
                                ) from None
         raise
+    except OsvError as exc:
+        # Sent, but no reply: it may run. Never sent again, so it cannot run twice.
+        raise OsvError(f"{exc}: the command may have started; not retried so that it "
+                       "cannot run twice") from None
     tids = _json_string(body).split()
     if len(tids) != 1 or not tids[0].isdigit():
         raise OsvError(f"OSv guest {api.where}: unexpected reply to PUT /app/: "

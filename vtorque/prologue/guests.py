@@ -61,7 +61,7 @@ def bring_up(job_id: str, request: VmRequest, config: Config, *, user: str | Non
 
 
 def write_user_files(job_id: str, config: Config, user: str,
-                     guests: list[hostfile.GuestEntry]) -> str:
+                     guests: list[hostfile.GuestEntry], guest_kind: str = "linux") -> str:
     """The job owner's files on the mother superior: the job's private key, the guests'
     pinned host keys, an ssh_config, the hostfiles. A directory 0700 owned by the user,
     filled while still root-owned so nothing the user plants can redirect a write."""
@@ -79,6 +79,8 @@ def write_user_files(job_id: str, config: Config, user: str,
         "hostfile": hostfile.openmpi_hostfile(guests),
         "nodefile": hostfile.nodefile(guests),
         "rank0": guests[0].hostname + "\n",
+        "rank0-address": (guests[0].address or "") + "\n",
+        "guest-kind": guest_kind + "\n",      # osv: the job runs through OSv's REST API
     }
     for name, text in files.items():
         atomic_write(os.path.join(directory, name), text, mode=0o600)

@@ -87,7 +87,7 @@ def provision(ctx: JobContext, config: Config, *, mother_superior: bool) -> Outc
     failed = [s for s in statuses.values() if s.state != handoff.READY]
     if not failed:
         try:
-            write_user_files(ctx.job_id, config, ctx.user, job_guests)
+            write_user_files(ctx.job_id, config, ctx.user, job_guests, result.image_kind)
             return Outcome(RUN)
         except (VtorqueError, OSError, KeyError) as exc:
             failed = [handoff.NodeStatus(name, handoff.FAILED,

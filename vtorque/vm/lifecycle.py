@@ -58,6 +58,7 @@ class UpResult:
     job_id: str
     guests: list[Guest] = field(default_factory=list)
     seconds: float = 0.0
+    image_kind: str = "linux"
 
 
 def paths_for(job_id: str, config: Config) -> JobPaths:
@@ -178,7 +179,8 @@ def _provision(paths: JobPaths, specs: list[GuestSpec], host: Host, config: Conf
     guests = [Guest(s.job_id, s.rank, s.name, s.hostname, "running",
                     s.nic.mac if s.nic else None, round(ready[s.name], 3),
                     s.nic.address if s.nic else None) for s in specs]
-    return UpResult(paths.job_id, guests, time.monotonic() - started)
+    kind = "osv" if specs[0].template == "osv.xml.j2" else "linux"
+    return UpResult(paths.job_id, guests, time.monotonic() - started, kind)
 
 
 def down(job_id: str, config: Config) -> list[str]:

@@ -33,6 +33,17 @@ def console_has(path: str, line: str) -> bool:
     return re.search(pattern, data) is not None
 
 
+def api_answers(url: str, timeout: float = 1.0) -> bool:
+    """True when an HTTP GET of `url` succeeds (an OSv guest's REST API is up)."""
+    import urllib.request
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as reply:
+            return 200 <= reply.status < 300
+    except (OSError, ValueError):
+        return False
+
+
 def console_tail(path: str, lines: int = 3) -> str:
     """The last console lines, for error messages ('' when there is no log)."""
     try:
@@ -59,7 +70,8 @@ def wait_ready(specs: Sequence[GuestSpec], timeout: float,
     next_state_check = start
     while pending:
         for name, spec in list(pending.items()):
-            if console_has(spec.console_log, spec.ready_line):
+            if spec.ready_url and api_answers(spec.ready_url) or \
+                    not spec.ready_url and console_has(spec.console_log, spec.ready_line):
                 ready[name] = clock() - start
                 del pending[name]
         if not pending:

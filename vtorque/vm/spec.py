@@ -20,6 +20,7 @@ from vtorque.vm.addresses import AddressBlock
 
 READY_PREFIX = "vtorque-ready"
 HOSTROOT_TAG = "hostroot"
+OSV_API_PORT = 8000
 # Our <metadata> namespace: every domain vtorque starts carries <vt:job id=... rank=...>.
 METADATA_NS = "urn:x-vtorque:job:1"
 
@@ -73,6 +74,8 @@ class GuestSpec:
     image_name: str
     distro: str
     host_share: bool = False         # 9p share of the node's root, read-only, tag hostroot
+    # OSv prints no ready line of ours: it is ready when its REST API answers here.
+    ready_url: str | None = None
 
     @property
     def ready_line(self) -> str:
@@ -171,5 +174,7 @@ def build_guest_specs(*, paths: JobPaths, request: VmRequest, image: Image, conf
             seed=seed, nic=nic,
             console_log=os.path.join(paths.job_dir, f"{name}.console.log"),
             ready_token=tokens[index], qemu_uid=qemu_uid, qemu_gid=qemu_gid,
-            image_name=image.name, distro=image.distro, host_share=image.host_share))
+            image_name=image.name, distro=image.distro, host_share=image.host_share,
+            ready_url=(f"http://{nic.address}:{OSV_API_PORT}/os/version"
+                       if image.kind == "osv" and nic and nic.address else None)))
     return specs
