@@ -134,6 +134,12 @@ def main(args: list[str], config_path: str | None) -> int:
                 script = handle.read()
         else:
             script = sys.stdin.read()
+            # PBS on Linux feeds a -S shell one line naming the job's script file rather
+            # than the script itself; Torque feeds the script.
+            named = script.strip()
+            if "\n" not in named and named.startswith("/") and os.path.isfile(named):
+                with open(named) as handle:
+                    script = handle.read()
         return run(script, os.environ, config_path)
     except VtorqueError as exc:
         print(f"vtorque: {exc}", file=sys.stderr)

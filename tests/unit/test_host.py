@@ -188,8 +188,8 @@ def test_close_twice_is_harmless(test_uri: str) -> None:
 
 @pytest.fixture
 def no_nvram_flag(monkeypatch) -> None:
-    """Hide the NVRAM undefine flag the test driver does not support (Host.destroy also copes without it),
-    so the rest of the persistent-domain path can be tested."""
+    """Hide the NVRAM undefine flag the test driver does not support (Host.destroy also
+    copes without it), so the rest of the persistent-domain path can be tested."""
     monkeypatch.setattr(libvirt, "VIR_DOMAIN_UNDEFINE_NVRAM", 0)
 
 

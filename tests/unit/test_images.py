@@ -176,7 +176,8 @@ def test_unknown_name_lists_available(pool: Pool) -> None:
 def test_descriptor_path_escaping_pool(pool: Pool, tmp_path: Path) -> None:
     (tmp_path / "secret").write_bytes(b"x")
     pool.add_disk_image("esc", None, file="../secret", sha="0" * 64)
-    with pytest.raises(ImageError, match=r"image 'esc': file \.\./secret is outside the image pool"):
+    with pytest.raises(ImageError,
+                       match=r"image 'esc': file \.\./secret is outside the image pool"):
         pool.catalog().describe("esc")
 
 
