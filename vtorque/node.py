@@ -23,6 +23,11 @@ def facts() -> NodeFacts:
                      memory_mib=psutil.virtual_memory().total >> 20)
 
 
+def node_name(configured: str | None) -> str:
+    """This node's name as the batch system knows it: config node_name, else hostname."""
+    return configured or socket.gethostname()
+
+
 def free_space_mib(path: str) -> int:
     """Free space of the file system holding `path` (or its closest existing parent)."""
     while not os.path.exists(path):

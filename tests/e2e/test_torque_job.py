@@ -88,11 +88,13 @@ class Cluster:
             config_path.write_text(yaml.safe_dump(cfg))
             mom_priv = node_dir / "mom_priv"
             mom_priv.mkdir()
+            own_shell = node_dir / "job-shell"
             subprocess.run([str(REPO / "contrib" / "torque_hooks" / "install"),
                             "--mom-priv", str(mom_priv), "--python", sys.executable,
-                            "--config", str(config_path), "--job-shell", str(self.job_shell)],
+                            "--config", str(config_path), "--job-shell", str(own_shell)],
                            check=True, capture_output=True, text=True)
-            self.nodes.append(SimNode(name, mom_priv, config_path))
+            self.nodes.append(SimNode(name, mom_priv, config_path, own_shell,
+                                      str(self.job_shell)))
         self.harness = TorqueHarness(self.nodes, self.db, NETNS, self.workdir)
 
     def config(self, index: int = 0):
@@ -100,7 +102,7 @@ class Cluster:
 
     def vsub(self, *args: str, script: str) -> subprocess.CompletedProcess:
         """vsub as the job owner, its qsub being the recording stand-in."""
-        calls_file = self.root / "qsub-calls.jsonl"
+        calls_file = self.workdir / ".qsub-calls.jsonl"   # qsub runs as the job owner
         env = {"PATH": "/usr/bin:/bin", "HOME": f"/home/{JOB_USER}",
                "VTORQUE_CONFIG": str(self.nodes[0].config),
                "VTORQUE_STANDIN_CALLS": str(calls_file), "PYTHONPATH": str(REPO)}
@@ -110,7 +112,7 @@ class Cluster:
                               env=env, cwd=self.workdir, timeout=60)
 
     def submitted(self) -> list[dict]:
-        path = self.root / "qsub-calls.jsonl"
+        path = self.workdir / ".qsub-calls.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] \
             if path.exists() else []
 

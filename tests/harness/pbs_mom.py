@@ -40,6 +40,10 @@ class SimNode:
     name: str
     mom_priv: Path
     config: Path
+    # Each real node has the job shell at the same path with its own config; simulated
+    # nodes share one file system, so each keeps its copy here and the mom maps to it.
+    job_shell: Path | None = None
+    shared_job_shell: str | None = None
 
 
 @dataclass
@@ -146,10 +150,13 @@ class TorqueHarness:
         }
         for key, value in job["Variable_List"].items():
             env.setdefault(key, value)
+        shell = job["Shell_Path_List"]
+        mother = self.nodes[0]
+        if mother.job_shell and shell == mother.shared_job_shell:
+            shell = str(mother.job_shell)
         argv = ["ip", "netns", "exec", self.netns, "setpriv", f"--reuid={account.pw_uid}",
                 f"--regid={account.pw_gid}", "--init-groups", "--",
-                "/usr/bin/env", "-i", *[f"{k}={v}" for k, v in env.items()],
-                job["Shell_Path_List"]]
+                "/usr/bin/env", "-i", *[f"{k}={v}" for k, v in env.items()], shell]
         done = subprocess.run(argv, input=job["script"], capture_output=True, text=True,
                               timeout=timeout, cwd=account.pw_dir)
         run.started = True

@@ -8,6 +8,7 @@ import importlib.machinery
 import importlib.util
 import io
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -109,7 +110,8 @@ def test_descriptor_has_the_exact_shape_and_hashes() -> None:
         "arch: x86_64\n"
         f"kernel: {{file: testguest.vmlinuz, sha256: {k}}}\n"
         f"initrd: {{file: testguest.initrd, sha256: {i}}}\n"
-        'cmdline: "console=ttyS0 panic=-1 quiet"\n')
+        'cmdline: "console=ttyS0 panic=-1 quiet"\n'
+        "host_share: true\n")
     assert bti.parse_descriptor_hashes(text) == {
         "kernel": ("testguest.vmlinuz", k), "initrd": ("testguest.initrd", i)}
 
@@ -164,6 +166,266 @@ def test_main_reports_a_missing_kernel_in_one_line(capsys: pytest.CaptureFixture
     assert err.splitlines() == [
         "build-test-image: error: /boot/vmlinuz-0.0.0-none not found "
         "(install linux-image-0.0.0-none)"]
+
+
+# --- the /init's network, host root, seed files and sshd -------------------------------------
+
+BUSYBOX = next((p for p in bti.BUSYBOX_CANDIDATES if p.is_file()), None)
+needs_busybox = pytest.mark.skipif(BUSYBOX is None, reason="no busybox (install busybox-static)")
+
+# Stand-ins for what the /init defines before its functions (say) and for what writes to the
+# console (fail): the tests read both from stdout.
+SHELL_STUBS = r"""
+say() { echo "say: $*"; }
+fail() { echo "vtorque-error $*"; failed=1; }
+"""
+
+
+def init_text() -> str:
+    return bti.init_script("v1", [])
+
+
+def run_functions(script: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Runs SCRIPT with busybox sh after the /init's functions, as the guest would."""
+    text = bti.fill_in(bti.INIT_FUNCTIONS) + SHELL_STUBS + script
+    return subprocess.run([str(BUSYBOX), "sh", "-c", text], capture_output=True, text=True,
+                          timeout=30, cwd=tmp_path, check=False)
+
+
+@needs_busybox
+def test_init_is_valid_busybox_sh() -> None:
+    proc = subprocess.run([str(BUSYBOX), "sh", "-n"], input=init_text(), capture_output=True,
+                          text=True, timeout=30, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert not re.search(r"@[A-Z_]+@", init_text())  # every placeholder was filled in
+
+
+def test_the_host_side_contract_names() -> None:
+    # scripts and vtorque's host side write these: changing one breaks them.
+    assert (bti.SEED_HOSTS, bti.SEED_HOST_KEY, bti.SEED_HOST_KEY_PUB, bti.SEED_AUTHORIZED_KEYS,
+            bti.SEED_ENV, bti.SEED_HOSTFILE, bti.SEED_NODEFILE) == (
+        "vtorque-hosts", "vtorque-ssh-host-key", "vtorque-ssh-host-key.pub",
+        "vtorque-authorized-keys", "vtorque-env", "vtorque-hostfile", "vtorque-nodefile")
+    text = init_text()
+    for name in bti.CMDLINE_PARAMETERS:
+        assert f"        {name}=*) " in text, name
+    assert set(bti.CMDLINE_PARAMETERS) == {
+        "vtorque.hostname", "vtorque.ready", "vtorque.net", "vtorque.ip", "vtorque.gw",
+        "vtorque.mtu", "vtorque.hostroot"}
+
+
+@needs_busybox
+def test_parse_cmdline(tmp_path: Path) -> None:
+    proc = run_functions(
+        'parse_cmdline "console=ttyS0 vtorque.hostname=vt1-0 vtorque.ready=ab12 '
+        'vtorque.ip=10.0.2.15/24 vtorque.gw=10.0.2.2 vtorque.mtu=1400 vtorque.hostroot=hr '
+        'vtorque.net=dhcp vtorque.other=* quiet"\n'
+        'echo "$host|$token|$ipaddr|$gw|$mtu|$hostroot|$net"\n'
+        'parse_cmdline "console=ttyS0 vtorque.ready=cd34"\n'
+        'echo "$host|$token|$ipaddr|$gw|$mtu|$hostroot|$net"\n', tmp_path)
+    assert proc.stdout.splitlines() == ["vt1-0|ab12|10.0.2.15/24|10.0.2.2|1400|hr|dhcp",
+                                        "|cd34|||||"]
+
+
+def test_static_network_commands() -> None:
+    text = init_text()
+    assert 'must network ip link set eth0 mtu "$mtu"' in text
+    assert 'must network ip addr add "$ipaddr" dev eth0' in text
+    assert 'must network ip route add default via "$gw" dev eth0' in text
+    assert 'fail "network failed: vtorque.ip=$ipaddr has no /PREFIX"' in text
+    # Static wins over DHCP; DHCP works as before, a missing lease is not fatal.
+    assert text.index('if [ -n "$ipaddr" ]') < text.index('elif [ "$net" = dhcp ]')
+    assert 'udhcpc -i eth0 -q -n -t 5 -s /etc/udhcpc.script || say "no DHCP lease on eth0"' \
+        in text
+
+
+def test_hostroot_is_a_9p_lower_under_a_tmpfs_overlay() -> None:
+    text = init_text()
+    assert "overlay" in bti.REQUIRED_MODULES
+    assert bti.HOSTROOT_MOUNT_OPTIONS.split(",")[:3] == ["trans=virtio", "version=9p2000.L",
+                                                         "ro"]
+    steps = [
+        'mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose "$1" /host',
+        "mount -t tmpfs -o mode=0755 tmpfs /rw",
+        "mkdir -p /rw/upper /rw/work",
+        "-o lowerdir=/host,upperdir=/rw/upper,workdir=/rw/work overlay /newroot",
+        "mount -t proc proc $r/proc",
+        "mount -t sysfs sysfs $r/sys",
+        "mount -t devtmpfs devtmpfs $r/dev",
+        "mount -t devpts -o gid=5,mode=0620,ptmxmode=0666 devpts $r/dev/pts",
+        "mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs $r/dev/shm",
+        "mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs $r/run",
+        "mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs $r/tmp",
+        "rm -f $r/etc/$f && : > $r/etc/$f && chmod 0600 $r/etc/$f",  # no host hashes
+    ]
+    positions = [text.index(step) for step in steps]
+    assert positions == sorted(positions)
+    assert 'if [ -n "$hostroot" ] && setup_hostroot "$hostroot"; then' in text
+
+
+def test_sshd_config_and_start() -> None:
+    text = init_text()
+    lines = bti.SSHD_CONFIG.splitlines()
+    for needed in ("Port 22", "ListenAddress 0.0.0.0",
+                   "HostKey /etc/vtorque/ssh_host_ed25519_key",
+                   "AuthorizedKeysFile /etc/vtorque/authorized_keys/%u",
+                   "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+                   "PermitRootLogin no", "UsePAM no", "PidFile /run/sshd.pid",
+                   "AcceptEnv PBS_* SLURM_* OMPI_* VTORQUE_*", "PermitUserEnvironment no",
+                   "X11Forwarding no", "StrictModes yes"):
+        assert needed in lines, needed
+    # Written verbatim (quoted here-document: no expansion), then sshd chrooted into it.
+    assert f"cat > $r/etc/vtorque/sshd_config <<'EOF'\n{bti.SSHD_CONFIG}EOF\n" in text
+    assert "mkdir -p $r/run/sshd && chmod 0755 $r/run/sshd" in text
+    start = "chroot $r /usr/sbin/sshd -f /etc/vtorque/sshd_config -E $log"
+    assert text.index("cat > $r/etc/vtorque/sshd_config") < text.index(start)
+    assert "grep -q ' 00000000:0016 00000000:0000 0A ' /proc/net/tcp" in text
+    assert 'fail "sshd failed: ' in text
+    # Only with the host root and a host key.
+    assert ('if [ -f /run/seed/vtorque-ssh-host-key ]; then\n    if [ -n "$root" ]; then\n'
+            '        start_sshd') in text
+
+
+def test_ready_comes_last_and_only_without_errors() -> None:
+    text = init_text()
+    ready = text.index('echo "vtorque-ready $token" > /dev/console')
+    for step in ("\nsetup_network\n", 'setup_hostroot "$hostroot"; then',
+                 'install_seed_files /run/seed "$root"', "        start_sshd\n"):
+        assert text.index(step) < ready, step
+    assert 'if [ -n "$failed" ]; then\n    say "not ready' in text
+    assert text.index('if [ -n "$failed" ]') < ready
+    assert text.count("vtorque-ready") == 2  # the comment on vtorque.ready and the echo
+
+
+def _write_seed(seed: Path, files: dict[str, str]) -> None:
+    seed.mkdir()
+    for name, content in files.items():
+        (seed / name).write_text(content)
+
+
+@needs_busybox
+def test_install_seed_files_into_a_root(tmp_path: Path) -> None:
+    root = tmp_path / "newroot"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "hosts").write_text("127.0.0.1 localhost")  # no final newline
+    key = "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----\n"
+    _write_seed(tmp_path / "seed", {
+        "vtorque-hosts": "10.0.2.15 vt1-0\n10.0.2.16 vt1-1\n",
+        "vtorque-ssh-host-key": key,
+        "vtorque-ssh-host-key.pub": "ssh-ed25519 AAAAhost vt\n",
+        "vtorque-authorized-keys": ("# users of job 12\n\n"
+                                    "alice ssh-ed25519 AAAAa1 alice@login\n"
+                                    "bob ssh-rsa AAAAb1\n"
+                                    "alice ssh-ed25519 AAAAa2 second key, with spaces"),
+        "vtorque-env": "VTORQUE_JOB=12\n",
+        "vtorque-hostfile": "vt12-0 slots=2\n",
+        "vtorque-nodefile": "vt12-0\nvt12-0\n",
+    })
+    stubs = "" if os.geteuid() == 0 else "chown() { :; }\n"  # only root can chown to root
+    proc = run_functions(stubs + f'install_seed_files {tmp_path}/seed {root}\n'
+                         'echo "failed=$failed"\n', tmp_path)
+    assert proc.stdout == "failed=\n", proc.stdout + proc.stderr
+    assert (root / "etc/hosts").read_text() == \
+        "127.0.0.1 localhost\n10.0.2.15 vt1-0\n10.0.2.16 vt1-1\n"
+    vt = root / "etc/vtorque"
+    assert (vt / "authorized_keys/alice").read_text() == (
+        "ssh-ed25519 AAAAa1 alice@login\nssh-ed25519 AAAAa2 second key, with spaces\n")
+    assert (vt / "authorized_keys/bob").read_text() == "ssh-rsa AAAAb1\n"
+    assert (vt / "ssh_host_ed25519_key").read_text() == key
+    assert (vt / "ssh_host_ed25519_key.pub").read_text() == "ssh-ed25519 AAAAhost vt\n"
+    assert (vt / "env").read_text() == "VTORQUE_JOB=12\n"
+    assert (vt / "hostfile").read_text() == "vt12-0 slots=2\n"
+    assert (vt / "nodefile").read_text() == "vt12-0\nvt12-0\n"
+    modes = {path: stat.S_IMODE(path.stat().st_mode) for path in (
+        vt, vt / "authorized_keys", vt / "authorized_keys/alice", vt / "ssh_host_ed25519_key",
+        vt / "ssh_host_ed25519_key.pub", vt / "env", vt / "hostfile", vt / "nodefile")}
+    assert modes == {vt: 0o755, vt / "authorized_keys": 0o755,
+                     vt / "authorized_keys/alice": 0o644, vt / "ssh_host_ed25519_key": 0o600,
+                     vt / "ssh_host_ed25519_key.pub": 0o644, vt / "env": 0o644,
+                     vt / "hostfile": 0o644, vt / "nodefile": 0o644}
+    if os.geteuid() == 0:
+        assert all(path.stat().st_uid == 0 and path.stat().st_gid == 0 for path in modes)
+
+
+@needs_busybox
+def test_install_seed_files_refuses_bad_lines(tmp_path: Path) -> None:
+    root = tmp_path / "newroot"
+    (root / "etc").mkdir(parents=True)
+    _write_seed(tmp_path / "seed", {"vtorque-authorized-keys": (
+        "../evil ssh-ed25519 AAAAe x\n"
+        "a/b ssh-ed25519 AAAAe x\n"
+        "-o ssh-ed25519 AAAAe x\n"
+        "nokey\n"
+        "carol ssh-ed25519 AAAAc\n")})
+    stubs = "" if os.geteuid() == 0 else "chown() { :; }\n"
+    proc = run_functions(stubs + f'install_seed_files {tmp_path}/seed {root}\n'
+                         'echo "failed=$failed"\n', tmp_path)
+    assert proc.stdout.splitlines() == [
+        "vtorque-error authorized keys failed: bad user name",
+        "vtorque-error authorized keys failed: bad user name",
+        "vtorque-error authorized keys failed: bad user name",
+        "vtorque-error authorized keys failed: no key for nokey",
+        "failed=1"]
+    assert sorted(p.name for p in (root / "etc/vtorque/authorized_keys").iterdir()) == ["carol"]
+    assert not (tmp_path / "evil").exists()
+
+
+@needs_busybox
+def test_install_seed_files_without_a_seed_does_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "newroot"
+    (root / "etc").mkdir(parents=True)
+    (tmp_path / "seed").mkdir()
+    proc = run_functions(f'install_seed_files {tmp_path}/seed {root}\necho "failed=$failed"\n',
+                         tmp_path)
+    assert proc.stdout == "failed=\n"
+    assert list((root / "etc").iterdir()) == []
+
+
+@needs_busybox
+def test_an_empty_public_key_file_is_not_installed(tmp_path: Path) -> None:
+    # The host writes the .pub as its key plus a newline: just "\n" when it has none.
+    root = tmp_path / "newroot"
+    (root / "etc").mkdir(parents=True)
+    _write_seed(tmp_path / "seed", {"vtorque-ssh-host-key": "k\n",
+                                    "vtorque-ssh-host-key.pub": "\n"})
+    stubs = "" if os.geteuid() == 0 else "chown() { :; }\n"
+    proc = run_functions(stubs + f'install_seed_files {tmp_path}/seed {root}\n'
+                         'echo "failed=$failed"\n', tmp_path)
+    assert proc.stdout == "failed=\n"
+    assert sorted(p.name for p in (root / "etc/vtorque").iterdir()) == ["ssh_host_ed25519_key"]
+
+
+@needs_busybox
+def test_must_reports_the_command_and_its_output(tmp_path: Path) -> None:
+    proc = run_functions('must hostroot sh -c "echo first; echo second >&2; exit 3" || '
+                         'echo "returned 1, failed=$failed"\n', tmp_path)
+    assert proc.stdout.splitlines() == [
+        "vtorque-error hostroot failed: sh -c echo first; echo second >&2; exit 3: "
+        "first second ",
+        "returned 1, failed=1"]
+
+
+def test_recipe_changes_when_the_init_changes(tmp_path: Path) -> None:
+    """A pool built by an older script is rebuilt: the recipe covers the /init's text."""
+    vmlinuz, busybox = tmp_path / "vmlinuz", tmp_path / "busybox"
+    vmlinuz.write_bytes(b"kernel")
+    busybox.write_bytes(b"busybox")
+    changed = tmp_path / "build-test-image"
+    text = SCRIPT.read_text()
+    assert "PermitRootLogin no\n" in text
+    changed.write_text(text.replace("PermitRootLogin no\n", "PermitRootLogin yes\n", 1))
+    loader = importlib.machinery.SourceFileLoader("build_test_image_changed", str(changed))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    other = importlib.util.module_from_spec(spec)
+    sys.modules[loader.name] = other
+    try:
+        loader.exec_module(other)
+    finally:
+        del sys.modules[loader.name]
+    assert other.init_script("v", []) != bti.init_script("v", [])
+    assert other.recipe_hash("v", vmlinuz, busybox) != bti.recipe_hash("v", vmlinuz, busybox)
+    assert bti.recipe_hash("v", vmlinuz, busybox) == bti.recipe_hash("v", vmlinuz, busybox)
+    assert bti.RECIPE_VERSION >= 2
 
 
 # --- a real build into tmp_path --------------------------------------------------------------
@@ -230,6 +492,7 @@ def test_initrd_contents(built: tuple[Path, str]) -> None:
                       ("cdrom.ko", "isofs.ko")):
         assert names.index(dep) < names.index(user)
     assert len(names) == len(set(names))
+    assert "overlay.ko" in names  # for the host root's writable view
     assert size_mb(pool / "testguest.initrd") < 8
 
 

@@ -208,3 +208,15 @@ def test_destroy_running_persistent_domain_is_undefined(host: Host, no_nvram_fla
     host.destroy("defined")
     assert host.state("defined") is None
     assert "defined" not in host._conn.listDefinedDomains()
+
+
+def test_tagged_domains_filter_by_node(host: Host) -> None:
+    # One hypervisor serving several batch nodes (as the test harness does): a node's
+    # teardown must see only its own guests of the job.
+    for name, node in (("on-a", "nodeA"), ("on-b", "nodeB")):
+        meta = (f'<vt:job xmlns:vt="{METADATA_NS}" id="9" rank="0" node="{node}" '
+                'image="x"/>')
+        host.start_transient(plain_xml(name, meta))
+    assert [d.name for d in host.tagged_domains("9", "nodeA")] == ["on-a"]
+    assert [d.node for d in host.tagged_domains("9", "nodeB")] == ["nodeB"]
+    assert sorted(d.name for d in host.tagged_domains("9")) == ["on-a", "on-b"]

@@ -38,10 +38,11 @@ class Verdict:
 
 def local_jobs(config: Config) -> set[str]:
     """Job ids this node holds domains or journals of."""
+    from vtorque.node import node_name
     from vtorque.vm.host import Host
     jobs: set[str] = set()
     with Host(config.libvirt_uri) as host:
-        jobs.update(d.job_id for d in host.tagged_domains())
+        jobs.update(d.job_id for d in host.tagged_domains(node=node_name(config.node_name)))
     try:
         entries = os.listdir(config.state_dir)
     except FileNotFoundError:

@@ -8,9 +8,9 @@ exit status its batch system understands.
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 
+from vtorque import node
 from vtorque.batch.base import JobContext
 from vtorque.config import Config
 from vtorque.errors import NodeError, UserError, VtorqueError
@@ -27,7 +27,7 @@ class Outcome:
 
 
 def node_name(config: Config) -> str:
-    return config.node_name or socket.gethostname()
+    return node.node_name(config.node_name)
 
 
 def node_index(name: str, nodes: tuple[str, ...]) -> int:

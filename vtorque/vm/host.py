@@ -35,6 +35,7 @@ class TaggedDomain:
     rank: int
     state: str
     persistent: bool
+    node: str = ""
 
 
 class Host:
@@ -132,8 +133,10 @@ class Host:
                 last = exc
         raise HypervisorError(f"cannot undefine guest {name}: {_message(last)}") from None
 
-    def tagged_domains(self, job_id: str | None = None) -> list[TaggedDomain]:
-        """Every domain carrying our job tag (of `job_id` only, compared exactly)."""
+    def tagged_domains(self, job_id: str | None = None,
+                       node: str | None = None) -> list[TaggedDomain]:
+        """Every domain carrying our job tag (of `job_id` only, compared exactly; of
+        `node` only when given, for hypervisors that serve several batch nodes)."""
         try:
             domains = self._conn.listAllDomains(0)
         except libvirt.libvirtError as exc:
@@ -143,10 +146,12 @@ class Host:
             tag = _job_tag(dom)
             if tag is None or (job_id is not None and tag[0] != job_id):
                 continue
+            if node is not None and tag[2] and tag[2] != node:
+                continue
             try:
                 state = STATE_NAMES.get(dom.state()[0], "unknown")
                 found.append(TaggedDomain(dom.name(), dom.UUIDString(), tag[0], tag[1],
-                                          state, bool(dom.isPersistent())))
+                                          state, bool(dom.isPersistent()), tag[2]))
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() in _GONE:
                     continue  # vanished between list and query
@@ -164,14 +169,14 @@ class Host:
         return None
 
 
-def _job_tag(dom) -> tuple[str, int] | None:
+def _job_tag(dom) -> tuple[str, int, str] | None:
     try:
         text = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS, 0)
     except libvirt.libvirtError:
         return None  # no metadata of ours: not a vtorque domain (or already gone)
     try:
         elem = ET.fromstring(text)
-        return elem.attrib["id"], int(elem.attrib.get("rank", "-1"))
+        return elem.attrib["id"], int(elem.attrib.get("rank", "-1")), elem.attrib.get("node", "")
     except (ET.ParseError, KeyError, ValueError):
         return None
 

@@ -123,9 +123,10 @@ def up(job_id: str, request: VmRequest, config: Config, *, first_rank: int = 0,
     specs = build_guest_specs(paths=paths, request=request, image=image, config=config,
                               domain_type=node.domain_type(config.hypervisor),
                               first_rank=first_rank, tokens=tokens,
-                              qemu_uid=qemu_uid, qemu_gid=qemu_gid, addresses=addresses)
+                              qemu_uid=qemu_uid, qemu_gid=qemu_gid, addresses=addresses,
+                              node=node.node_name(config.node_name))
     with _job_lock(paths), Host(config.libvirt_uri) as host:
-        if host.tagged_domains(job_id) or os.path.lexists(paths.job_dir):
+        if host.tagged_domains(job_id, _node(config)) or os.path.lexists(paths.job_dir):
             # Left over from a killed prologue or a requeue: clear it, then start afresh.
             _teardown(paths, host, config)
         try:
@@ -198,7 +199,7 @@ def _teardown(paths: JobPaths, host: Host, config: Config) -> list[str]:
     failures: list[str] = []
     names: list[str] = []
     try:
-        names = [d.name for d in host.tagged_domains(paths.job_id)]
+        names = [d.name for d in host.tagged_domains(paths.job_id, _node(config))]
     except HypervisorError as exc:
         failures.append(str(exc))
     for name in Journal(paths.journal).domain_names():
@@ -243,7 +244,7 @@ def list_guests(config: Config, job_id: str | None = None) -> list[Guest]:
     """Every vtorque guest on this node (of one job when given), found by its tag."""
     with Host(config.libvirt_uri) as host:
         return [Guest(d.job_id, d.rank, d.name, "", d.state)
-                for d in host.tagged_domains(job_id)]
+                for d in host.tagged_domains(job_id, _node(config))]
 
 
 def _check_free_space(request: VmRequest, config: Config) -> None:
@@ -253,6 +254,10 @@ def _check_free_space(request: VmRequest, config: Config) -> None:
     if free < need:
         raise ResourceError(f"not enough free space for guest disks in {where}: {free} MiB "
                             f"free, {need} MiB needed (min_free_space plus per-guest files)")
+
+
+def _node(config: Config) -> str:
+    return node.node_name(config.node_name)
 
 
 def qemu_ids(config: Config) -> tuple[int, int]:

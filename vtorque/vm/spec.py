@@ -49,6 +49,7 @@ class GuestSpec:
     """One guest, fully decided."""
     job_id: str
     rank: int
+    node: str             # the node it runs on (tagged, so teardown touches only its own)
     name: str             # libvirt domain name, unique on the node
     hostname: str
     template: str         # linux.xml.j2 | osv.xml.j2
@@ -112,7 +113,8 @@ def pinned_cores(config: Config, request: VmRequest, local_index: int) -> tuple[
 def build_guest_specs(*, paths: JobPaths, request: VmRequest, image: Image, config: Config,
                       domain_type: str, first_rank: int, tokens: list[str],
                       qemu_uid: int, qemu_gid: int,
-                      addresses: AddressBlock | None = None) -> list[GuestSpec]:
+                      addresses: AddressBlock | None = None,
+                      node: str = "") -> list[GuestSpec]:
     """Specs for the `request.vms_per_node` guests of this node, ranks from `first_rank`."""
     if len(tokens) != request.vms_per_node:
         raise ValueError("one ready token per guest is needed")
@@ -160,7 +162,7 @@ def build_guest_specs(*, paths: JobPaths, request: VmRequest, image: Image, conf
                 extra.append(f"vtorque.hostroot={HOSTROOT_TAG}")
             cmdline = " ".join(filter(None, [image.cmdline, *extra]))
         specs.append(GuestSpec(
-            job_id=paths.job_id, rank=rank, name=name, hostname=host,
+            job_id=paths.job_id, rank=rank, node=node, name=name, hostname=host,
             template="osv.xml.j2" if image.kind == "osv" else "linux.xml.j2",
             domain_type=domain_type, machine=config.machine_type,
             vcpus=request.vcpus, memory_mib=request.ram_mib,
