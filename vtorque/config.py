@@ -8,18 +8,20 @@ raises one ConfigError naming the file and each key; nothing half-valid is ever 
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import yaml
 
 from vtorque.errors import ConfigError
 from vtorque.units import parse_bool, parse_size_mib
+
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_PATH = "/etc/vtorque/vtorque.yaml"
 ENV_VAR = "VTORQUE_CONFIG"
@@ -118,6 +120,7 @@ def _mac_prefix(value: Any) -> str:
 
 
 def _subnet(value: Any) -> str:
+    import ipaddress  # only here: the hooks load the config for every job
     try:
         net = ipaddress.IPv4Network(str(value), strict=True)
     except ValueError:
@@ -128,6 +131,7 @@ def _subnet(value: Any) -> str:
 
 
 def _ipv4(value: Any) -> str:
+    import ipaddress  # only here: the hooks load the config for every job
     try:
         return str(ipaddress.IPv4Address(str(value)))
     except ValueError:
@@ -293,7 +297,8 @@ def load(path: str | None = None) -> Config:
 def parse(text: str, path: str = "<string>") -> Config:
     """Validate YAML text as a config; `path` only names the source in messages."""
     try:
-        raw = yaml.safe_load(text)
+        # libyaml's C loader when present: the hooks read this file on every job.
+        raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -313,6 +318,7 @@ def parse(text: str, path: str = "<string>") -> Config:
             problems.append(f"defaults.{key}: exceeds limits.{key}")
     if values["defaults"]["ram"] < values["limits"]["min_ram"]:
         problems.append("defaults.ram: is below limits.min_ram")
+    import ipaddress
     net = values["network"]
     if net["pool_first"] > net["pool_last"]:
         problems.append("network.pool_first: must not exceed network.pool_last")

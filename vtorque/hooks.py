@@ -48,32 +48,36 @@ def torque(event: str, args: list[str], config_path: str | None) -> int:
         _say(f"vtorque: {exc}")
         return 2 if prologue else 1
     from vtorque.batch import base
-    try:
-        adapter = base.get(config.batch.system, config.batch.bin_dir)
-    except VtorqueError as exc:
-        _say(f"vtorque: {exc}")
-        return 2 if prologue else 1
     if prologue:
+        try:
+            adapter = base.get(config.batch.system, config.batch.bin_dir)
+        except VtorqueError as exc:
+            _say(f"vtorque: {exc}")
+            return 2
         return _torque_prologue(adapter, config, job_id, args, event == "prologue")
     from vtorque.epilogue.teardown import teardown
+
+    def offline(node: str, note: str) -> None:   # the adapter only when it is needed
+        base.get(config.batch.system, config.batch.bin_dir).offline_node(node, note)
+
     ok, message = teardown(job_id, config, mother_superior=event == "epilogue",
-                           offline=adapter.offline_node)
+                           offline=offline)
     _say(message)
     return 0 if ok else 1
 
 
 def _torque_prologue(adapter, config, job_id: str, args: list[str],
                      mother_superior: bool) -> int:
-    from vtorque.log import node_logger
-    from vtorque.prologue.provision import ABORT, REQUEUE, Outcome, node_fault, provision
     try:
         ctx = adapter.job(job_id)
     except VtorqueError as exc:
+        from vtorque.log import node_logger
         node_logger(config).error("job %s: cannot read the job back: %s", job_id, exc)
         _say(f"vtorque: cannot read job {job_id} from the batch server: {exc}")
-        return TORQUE_EXIT[REQUEUE]
+        return TORQUE_EXIT["requeue"]
     if not ctx.is_vm_job:
-        return 0
+        return 0      # every job of the cluster passes here: import nothing more
+    from vtorque.prologue.provision import ABORT, Outcome, node_fault, provision
     user = args[1] if len(args) > 1 else None
     if user is not None and user != ctx.user:
         outcome = Outcome(ABORT, f"vtorque: job {job_id}: the mom says user {user!r}, the "
@@ -100,3 +104,17 @@ def main(scheduler: str, event: str, args: list[str], config_path: str | None) -
         _say(f"vtorque: internal error in the {event} hook: {exc!r}")
         traceback.print_exc(file=sys.stderr)
         return 2 if event.startswith("prologue") else 1
+
+
+if __name__ == "__main__":
+    # The shims call `python -m vtorque.hooks --config PATH SCHEDULER EVENT ARGS...`:
+    # no argparse and no CLI imports on the path every job of the cluster takes.
+    _argv = sys.argv[1:]
+    _config = None
+    if len(_argv) >= 2 and _argv[0] == "--config":
+        _config, _argv = _argv[1], _argv[2:]
+    if len(_argv) < 2:
+        print("usage: python -m vtorque.hooks [--config PATH] SCHEDULER EVENT [ARGS...]",
+              file=sys.stderr)
+        sys.exit(2)
+    sys.exit(main(_argv[0], _argv[1], _argv[2:], _config))

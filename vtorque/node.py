@@ -7,8 +7,6 @@ import shutil
 import socket
 from dataclasses import dataclass
 
-import psutil
-
 
 @dataclass(frozen=True)
 class NodeFacts:
@@ -18,6 +16,7 @@ class NodeFacts:
 
 
 def facts() -> NodeFacts:
+    import psutil  # only when guests are about to start
     return NodeFacts(hostname=socket.gethostname(),
                      cores=psutil.cpu_count(logical=True) or 1,
                      memory_mib=psutil.virtual_memory().total >> 20)

@@ -236,12 +236,15 @@ def get(name: str, bin_dir: str, timeout: float = 30.0) -> BatchSystem:
 
     An explicit name (config batch.system) always wins over detection.
     """
-    _load_adapters()
     if name == "auto":
+        _load_adapters()
         name = detect(bin_dir)
+    elif name not in _REGISTRY and importlib.util.find_spec(f"vtorque.batch.{name}"):
+        importlib.import_module(f"vtorque.batch.{name}")  # just the one a hook needs
     try:
         cls = _REGISTRY[name]
     except KeyError:
+        _load_adapters()
         raise NodeError(f"unknown batch system {name!r} (known: "
                         + ", ".join(sorted(_REGISTRY)) + ")") from None
     return cls(bin_dir, timeout=timeout)

@@ -15,9 +15,8 @@ from collections.abc import Callable
 from vtorque.config import Config
 from vtorque.errors import VtorqueError
 from vtorque.journal import JobPaths
-from vtorque.log import node_logger
 from vtorque.prologue import handoff
-from vtorque.prologue.provision import node_name
+from vtorque.node import node_name as _node_name
 
 
 def has_local_state(job_id: str, config: Config) -> bool:
@@ -34,25 +33,33 @@ def clean_node(job_id: str, config: Config, *, mother_superior: bool) -> list[st
     """Remove the job from this node; returns the guests destroyed. Cluster-wide pieces
     (hand-off directory, address block) go with the mother superior's cleanup, and only
     once its own guests are gone, so a block is never reused while a guest may live."""
-    from vtorque.vm import addresses, lifecycle
+    from vtorque.vm import addresses
     destroyed: list[str] = []
     if has_local_state(job_id, config):
+        from vtorque.vm import lifecycle
         destroyed = lifecycle.down(job_id, config)
-    handoff.withdraw(config, job_id, node_name(config))
+    handoff.withdraw(config, job_id, _node_name(config.node_name))
     if mother_superior:
         handoff.clear(config, job_id)
         addresses.release(config, job_id)
     return destroyed
 
 
+def _holds_addresses(config: Config, job_id: str) -> bool:
+    from vtorque.vm import addresses
+    return job_id in addresses.allocated_jobs(config)
+
+
 def teardown(job_id: str, config: Config, *, mother_superior: bool,
              offline: Callable[[str, str], None] | None = None) -> tuple[bool, str]:
     """The epilogue: clean_node, and on failure take the node offline. (ok, message)."""
     if not has_local_state(job_id, config) and \
-            not os.path.lexists(handoff.job_dir(config, job_id)) and not mother_superior:
-        return True, ""
+            not os.path.lexists(handoff.job_dir(config, job_id)) and \
+            not (mother_superior and _holds_addresses(config, job_id)):
+        return True, ""     # a job without VMs here: the common case, kept cheap
+    from vtorque.log import node_logger
     log = node_logger(config)
-    name = node_name(config)
+    name = _node_name(config.node_name)
     try:
         destroyed = clean_node(job_id, config, mother_superior=mother_superior)
     except VtorqueError as exc:

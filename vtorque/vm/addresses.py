@@ -15,8 +15,6 @@ import json
 import os
 from dataclasses import dataclass
 
-import filelock
-
 from vtorque.config import Config
 from vtorque.errors import NodeError, ResourceError
 from vtorque.files import atomic_write, ensure_parent_dirs
@@ -66,6 +64,7 @@ def _load(path: str) -> dict[str, list[int]]:
 
 def allocate(config: Config, job_id: str, size: int) -> AddressBlock:
     """The job's block (allocated now if it has none): first fit in the pool."""
+    import filelock
     net, first, last = _pool(config)
     gateway = config.network.gateway
     path, lock_path = _paths(config)
@@ -100,6 +99,7 @@ def release(config: Config, job_id: str) -> None:
     path, lock_path = _paths(config)
     if not os.path.exists(path):
         return
+    import filelock
     try:
         with filelock.FileLock(lock_path, timeout=LOCK_TIMEOUT):
             table = _load(path)
