@@ -131,3 +131,7 @@ def make_node(libvirtd, test_pool):
                 except Exception as exc:  # report, but keep cleaning the others
                     print(f"cleanup of job {job} failed: {exc}", file=sys.stderr)
         shutil.rmtree(node.directory, ignore_errors=True)
+
+
+# Fixtures of the simulated Torque cluster (imported last: cluster.py uses the names above).
+from tests.e2e.cluster import job_user, torque_cluster  # noqa: E402, F401

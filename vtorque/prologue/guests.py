@@ -44,14 +44,18 @@ def bring_up(job_id: str, request: VmRequest, config: Config, *, user: str | Non
     hosts = hostfile.hosts_lines(guests)
     hosts_file = hostfile.openmpi_hostfile(guests)
     nodes_file = hostfile.nodefile(guests)
-    authorized = ((user, sshkeys.user_key(secret, job_id).public),) if secret else ()
+    user_key = sshkeys.user_key(secret, job_id) if secret else None
+    authorized = ((user, user_key.public),) if user_key else ()
+    known = hostfile.known_hosts(guests)
 
     def extras(spec: GuestSpec) -> SeedExtras:
         host = sshkeys.host_key(secret, job_id, spec.rank) if secret else None
         return SeedExtras(hosts=hosts, host_key_private=host.private_openssh if host else None,
                           host_key_public=host.public if host else None,
                           authorized_keys=authorized, hostfile=hosts_file,
-                          nodefile=nodes_file,
+                          nodefile=nodes_file, user=user if user_key else None,
+                          user_key_private=user_key.private_openssh if user_key else None,
+                          known_hosts=known,
                           env=(("PBS_NODEFILE", "/etc/vtorque/nodefile"),))
 
     result = lifecycle.up(job_id, request, config,

@@ -12,6 +12,19 @@ import yaml
 from vtorque.vm.spec import GuestSpec
 
 
+# The job owner's SSH client inside a guest: the job's key, only the job's host keys.
+SSH_CLIENT_CONFIG = (
+    "Host *\n"
+    "    IdentityFile /etc/vtorque/user_key\n"
+    "    IdentitiesOnly yes\n"
+    "    UserKnownHostsFile /etc/vtorque/known_hosts\n"
+    "    GlobalKnownHostsFile none\n"
+    "    StrictHostKeyChecking yes\n"
+    "    BatchMode yes\n"
+    "    LogLevel ERROR\n"
+)
+
+
 @dataclass(frozen=True)
 class SeedExtras:
     """What a guest needs beyond its own spec to join its job: the job's hosts table and
@@ -23,6 +36,11 @@ class SeedExtras:
     env: tuple[tuple[str, str], ...] = ()             # extra job environment in the guest
     hostfile: str = ""                                # Open MPI hostfile of the whole job
     nodefile: str = ""                                # PBS_NODEFILE of the whole job
+    # The job owner's SSH client in the guest (mpirun starts ranks on the other guests
+    # over SSH): the job's private user key and every guest's pinned host key.
+    user: str | None = None
+    user_key_private: str | None = None
+    known_hosts: str = ""
 
 
 def seed_documents(spec: GuestSpec, extras: SeedExtras | None = None) -> dict[str, str]:
@@ -53,6 +71,15 @@ def seed_documents(spec: GuestSpec, extras: SeedExtras | None = None) -> dict[st
                             "content": "AuthorizedKeysFile /etc/vtorque/authorized_keys/%u\n"})
     if extras.hosts:
         write_files.append({"path": "/etc/hosts", "append": True, "content": extras.hosts})
+    if extras.known_hosts:
+        write_files.append({"path": "/etc/vtorque/known_hosts", "content": extras.known_hosts,
+                            "permissions": "0644"})
+    if extras.user and extras.user_key_private:
+        write_files.append({"path": "/etc/vtorque/user_key", "permissions": "0600",
+                            "owner": f"{extras.user}:{extras.user}",
+                            "content": extras.user_key_private})
+        write_files.append({"path": "/etc/ssh/ssh_config.d/00-vtorque.conf",
+                            "permissions": "0644", "content": SSH_CLIENT_CONFIG})
     for name, text in (("hostfile", extras.hostfile), ("nodefile", extras.nodefile)):
         if text:
             write_files.append({"path": f"/etc/vtorque/{name}", "content": text,
@@ -85,6 +112,10 @@ def seed_documents(spec: GuestSpec, extras: SeedExtras | None = None) -> dict[st
     if extras.authorized_keys:
         docs["vtorque-authorized-keys"] = "".join(f"{name} {key}\n"
                                                   for name, key in extras.authorized_keys)
+    if extras.known_hosts:
+        docs["vtorque-known-hosts"] = extras.known_hosts
+    if extras.user and extras.user_key_private:
+        docs["vtorque-user-key"] = f"{extras.user}\n{extras.user_key_private}"
     if extras.hostfile:
         docs["vtorque-hostfile"] = extras.hostfile
     if extras.nodefile:

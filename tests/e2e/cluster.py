@@ -1,0 +1,163 @@
+"""A simulated Torque cluster on this machine: N nodes sharing libvirtd, the stand-in
+server and moms of tests/harness, the hook shims installed by contrib/torque_hooks/install,
+and an ordinary user owning the jobs. Used by the Torque and MPI end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.e2e.conftest import NETNS, REPO, WORK_ROOT
+from tests.harness.pbs_mom import SimNode, TorqueHarness
+from tests.standins import install, read_db
+from vtorque import config as config_mod
+from vtorque.journal import JobPaths
+from vtorque.vm.host import Host
+
+JOB_USER = "vtjob"
+JOB_UID = 4242
+
+
+@pytest.fixture(scope="session")
+def job_user():
+    """An ordinary user to own test jobs (created here if missing, removed if we made it)."""
+    try:
+        pwd.getpwnam(JOB_USER)
+        created = False
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--uid", str(JOB_UID), "--user-group",
+                        "--shell", "/bin/sh", JOB_USER], check=True)
+        created = True
+    yield JOB_USER
+    if created:
+        subprocess.run(["userdel", "--remove", JOB_USER], check=False, capture_output=True)
+
+
+class Cluster:
+    """N simulated Torque nodes on this machine sharing libvirtd and a shared state dir."""
+
+    def __init__(self, root: Path, pool: str, n_nodes: int, **overrides):
+        self.root = root
+        self.bin_dir = root / "bin"
+        self.db = install("torque", self.bin_dir)
+        os.symlink(REPO / "tests" / "standins" / "recording_qsub", self.bin_dir / "qsub")
+        secret = root / "secret"
+        secret.write_bytes(os.urandom(32))
+        secret.chmod(0o600)
+        self.workdir = root / "work"
+        self.workdir.mkdir()
+        os.chown(self.workdir, JOB_UID, JOB_UID)
+        self.job_shell = root / "job-shell"
+        self.nodes: list[SimNode] = []
+        for index in range(n_nodes):
+            name = f"node{index + 1}"
+            node_dir = root / name
+            node_dir.mkdir()
+            cfg = {
+                "image_pool": pool, "state_dir": str(node_dir / "state"),
+                "ramdisk_dir": str(node_dir / "ramdisk"), "log_file": str(node_dir / "log"),
+                "node_name": name, "hypervisor": "qemu", "min_free_space": "64M",
+                "secret_file": str(secret),
+                "host_reserve": {"cores": 0, "memory": "512M"},
+                "defaults": {"img": "testguest", "ram": "256M"},
+                "timeouts": {"provision": 150, "guest_ready": 120, "teardown": 30},
+                "network": {"mode": "network", "name": "vtorque", "subnet": "192.168.122.0/24",
+                            "gateway": "192.168.122.1", "pool_first": 100, "pool_last": 199},
+                "batch": {"system": "torque", "bin_dir": str(self.bin_dir),
+                          "shared_state_dir": str(root / "shared"),
+                          "job_shell": str(self.job_shell), "max_requeues": 2},
+            }
+            for key, value in overrides.items():
+                if isinstance(value, dict):
+                    cfg.setdefault(key, {}).update(value)
+                else:
+                    cfg[key] = value
+            config_path = node_dir / "vtorque.yaml"
+            config_path.write_text(yaml.safe_dump(cfg))
+            mom_priv = node_dir / "mom_priv"
+            mom_priv.mkdir()
+            own_shell = node_dir / "job-shell"
+            subprocess.run([str(REPO / "contrib" / "torque_hooks" / "install"),
+                            "--mom-priv", str(mom_priv), "--python", sys.executable,
+                            "--config", str(config_path), "--job-shell", str(own_shell)],
+                           check=True, capture_output=True, text=True)
+            self.nodes.append(SimNode(name, mom_priv, config_path, own_shell,
+                                      str(self.job_shell)))
+        self.harness = TorqueHarness(self.nodes, self.db, NETNS, self.workdir)
+
+    def config(self, index: int = 0):
+        return config_mod.load(str(self.nodes[index].config))
+
+    def vsub(self, *args: str, script: str) -> subprocess.CompletedProcess:
+        """vsub as the job owner, its qsub being the recording stand-in."""
+        calls_file = self.workdir / ".qsub-calls.jsonl"   # qsub runs as the job owner
+        env = {"PATH": "/usr/bin:/bin", "HOME": f"/home/{JOB_USER}",
+               "VTORQUE_CONFIG": str(self.nodes[0].config),
+               "VTORQUE_STANDIN_CALLS": str(calls_file), "PYTHONPATH": str(REPO)}
+        return subprocess.run(["setpriv", f"--reuid={JOB_UID}", f"--regid={JOB_UID}",
+                               "--init-groups", "--", sys.executable, "-m", "vtorque.vsub",
+                               *args], input=script, capture_output=True, text=True,
+                              env=env, cwd=self.workdir, timeout=60)
+
+    def submitted(self) -> list[dict]:
+        path = self.workdir / ".qsub-calls.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] \
+            if path.exists() else []
+
+    def leftovers(self, job_id: str) -> list[str]:
+        """Everything of the job still on any node: domains, files, keys, addresses."""
+        found = []
+        with Host("qemu:///system") as host:
+            found += [d.name for d in host.tagged_domains(job_id)]
+        for index, node in enumerate(self.nodes):
+            cfg = self.config(index)
+            paths = JobPaths.for_job(job_id, cfg.state_dir, cfg.ramdisk_dir)
+            for path in (paths.job_dir, paths.ramdisk_dir, paths.user_dir, paths.lock):
+                if os.path.lexists(path):
+                    found.append(f"{node.name}:{path}")
+        shared = self.root / "shared"
+        if shared.exists():
+            for entry in shared.iterdir():
+                if entry.name == "addresses.json":
+                    if job_id in json.loads(entry.read_text()):
+                        found.append(f"address block of {job_id}")
+                elif not entry.name.startswith("."):
+                    found.append(str(entry))
+        return found
+
+    def teardown_all(self) -> None:
+        for job_id in list(read_db(self.db).get("jobs", {})):
+            for index in range(len(self.nodes)):
+                from vtorque.vm import lifecycle
+                try:
+                    lifecycle.down(job_id, self.config(index))
+                except Exception as exc:  # keep cleaning
+                    print(f"cleanup {job_id}: {exc}", file=sys.stderr)
+
+
+@pytest.fixture
+def torque_cluster(libvirtd, test_pool, job_user):
+    made: list[Cluster] = []
+
+    def make(n_nodes: int = 2, **overrides) -> Cluster:
+        root = WORK_ROOT / f"torque-{uuid.uuid4().hex[:10]}"
+        root.mkdir(mode=0o755, parents=True)
+        cluster = Cluster(root, test_pool, n_nodes, **overrides)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    import shutil
+    for cluster in made:
+        cluster.teardown_all()
+        shutil.rmtree(cluster.root, ignore_errors=True)
+
+
