@@ -233,6 +233,8 @@ SCHEMA: dict[str, dict[str, Field] | Field] = {
         "pool_last": Field(_int(1, 16777214), 254,
                            "last host number in the subnet handed to guests"),
         "mtu": Field(_int(576, 65520), 1500, "guest NIC MTU"),
+        "isolate_jobs": Field(_bool, True, "libvirt nwfilter per NIC: a guest talks IPv4 "
+                              "only with its own job's guests and the gateway"),
     },
 }
 

@@ -64,7 +64,12 @@ def write_config(directory: Path, pool: str, **overrides) -> Path:
     """A config for guest tests: TCG, no host reserve (2-core machines), private state."""
     timeouts = overrides.pop("timeouts", {})
     network = overrides.pop("network", {"mode": "none"})
+    secret = directory / "secret"
+    if not secret.exists():
+        secret.write_bytes(os.urandom(32))
+        secret.chmod(0o600)
     text = {
+        "secret_file": str(secret),
         "image_pool": pool,
         "state_dir": str(directory / "state"),
         "ramdisk_dir": str(directory / "ramdisk"),

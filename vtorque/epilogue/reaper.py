@@ -21,9 +21,11 @@ from vtorque.errors import VtorqueError
 from vtorque.journal import Journal
 from vtorque.log import node_logger
 
-# Scheduler states in which a job may still own guests (Torque/PBS letters, Slurm words).
-LIVE_STATES = {"R", "E", "S", "T", "B", "RUNNING", "COMPLETING", "CONFIGURING",
-               "SUSPENDED", "STOPPED", "PENDING"}
+# Scheduler states of jobs that are over (Torque/PBS letters, Slurm words). Any other
+# state counts as alive, queued and held included: a requeued job may start again at
+# any moment, and the reaper must never race its prologue.
+FINISHED_STATES = {"C", "F", "X", "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT",
+                   "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY"}
 # An empty job directory (a prologue killed before its first journal line) is removed
 # once it is older than this.
 EMPTY_DIR_GRACE = 600.0
@@ -64,7 +66,7 @@ def reap(config: Config, batch: BatchSystem, *, dry_run: bool = False) -> list[V
     for job_id in sorted(local_jobs(config)):
         try:
             state = batch.job(job_id).state
-            alive = state is None or state.upper() in LIVE_STATES
+            alive = state is None or state.upper() not in FINISHED_STATES
             reason = f"batch system reports state {state}"
         except UnknownJobError:
             alive, reason = False, "unknown to the batch system"
@@ -98,8 +100,9 @@ def _empty_dirs(config: Config, dry_run: bool) -> list[Verdict]:
     now = time.time()
     for entry in entries:
         path = os.path.join(config.state_dir, entry)
-        if entry.startswith(".") or not os.path.isdir(path) or os.path.islink(path):
-            continue
+        if entry.startswith(".") or entry.endswith(".user") or not os.path.isdir(path) \
+                or os.path.islink(path):
+            continue        # a .user directory goes with its job, never on its own
         if Journal(os.path.join(path, "journal.jsonl")).entries():
             continue
         if now - os.lstat(path).st_mtime < EMPTY_DIR_GRACE:

@@ -34,17 +34,24 @@ class KeyPair:
 def read_secret(path: str) -> bytes:
     """The site secret: a root-owned file, mode 0600 or stricter, at least 32 bytes."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO at the path must not hang the hook (no effect on files).
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise NodeError(f"site secret {path} is missing (config key secret_file; create it "
                         "with 32 random bytes, mode 0600, identical on every node)") from None
     except OSError as exc:
         raise NodeError(f"cannot read site secret {path}: {exc.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise NodeError(f"site secret {path} is not a regular file")
     with os.fdopen(fd, "rb") as handle:
-        st = os.fstat(handle.fileno())
         if st.st_uid != 0 or st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise NodeError(f"site secret {path} must be owned by root with mode 0600")
-        secret = handle.read()
+        try:
+            secret = handle.read()
+        except OSError as exc:
+            raise NodeError(f"cannot read site secret {path}: {exc.strerror}") from None
     if len(secret) < MIN_SECRET_BYTES:
         raise NodeError(f"site secret {path} is shorter than {MIN_SECRET_BYTES} bytes")
     return secret

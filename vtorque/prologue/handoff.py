@@ -31,6 +31,7 @@ class NodeStatus:
     reason: str = ""
     user_fault: bool = False         # failed because of the job's request, not the node
     guests: list[dict] = field(default_factory=list)
+    run: int = 0                     # the job's run count: a requeued run ignores older ones
 
 
 def job_dir(config: Config, job_id: str) -> str:
@@ -62,8 +63,8 @@ def read(config: Config, job_id: str, node: str) -> NodeStatus | None:
 
 
 def collect(config: Config, job_id: str, nodes: Sequence[str], timeout: float,
-            poll: float = 0.2, clock: Callable[[], float] = time.monotonic
-            ) -> dict[str, NodeStatus]:
+            poll: float = 0.2, clock: Callable[[], float] = time.monotonic,
+            run: int | None = None) -> dict[str, NodeStatus]:
     """Wait until every node has published or one has failed; nodes that stay silent past
     `timeout` are reported as failed (the node's fault)."""
     deadline = clock() + timeout
@@ -72,7 +73,7 @@ def collect(config: Config, job_id: str, nodes: Sequence[str], timeout: float,
         for node in nodes:
             if node not in statuses:
                 status = read(config, job_id, node)
-                if status is not None:
+                if status is not None and (run is None or status.run == run):
                     statuses[node] = status
         if len(statuses) == len(nodes) or any(s.state == FAILED for s in statuses.values()):
             return statuses
@@ -86,8 +87,16 @@ def collect(config: Config, job_id: str, nodes: Sequence[str], timeout: float,
 
 
 def withdraw(config: Config, job_id: str, node: str) -> None:
-    """Remove this node's status file (its epilogue)."""
-    remove_file(_status_path(config, job_id, node))
+    """Remove this node's status file (its epilogue), under whichever spelling of its
+    name the job's node list used (a short name matches its FQDN, as in node_index)."""
+    short = node.split(".")[0]
+    try:
+        names = os.listdir(job_dir(config, job_id))
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.endswith(".json") and name[:-5].split(".")[0] == short:
+            remove_file(os.path.join(job_dir(config, job_id), name))
 
 
 def clear(config: Config, job_id: str) -> None:

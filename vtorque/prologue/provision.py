@@ -69,21 +69,24 @@ def provision(ctx: JobContext, config: Config, *, mother_superior: bool) -> Outc
     except UserError as exc:
         log.error("job %s: request refused on %s: %s", ctx.job_id, name, exc)
         handoff.publish(config, ctx.job_id, handoff.NodeStatus(
-            name, handoff.FAILED, str(exc), user_fault=True))
+            name, handoff.FAILED, str(exc), user_fault=True, run=ctx.run_count))
         return Outcome(ABORT, f"vtorque: job {ctx.job_id} refused: {exc}")
     except VtorqueError as exc:
         log.error("job %s: provisioning failed on %s: %s", ctx.job_id, name, exc)
-        handoff.publish(config, ctx.job_id, handoff.NodeStatus(name, handoff.FAILED, str(exc)))
+        handoff.publish(config, ctx.job_id, handoff.NodeStatus(name, handoff.FAILED, str(exc),
+                                                               run=ctx.run_count))
         return node_fault(ctx, config, f"vtorque: node {name} failed to start the job's "
                                        f"guests: {exc}")
     guests = [{"rank": g.rank, "name": g.name, "hostname": g.hostname, "mac": g.mac}
               for g in result.guests]
-    handoff.publish(config, ctx.job_id, handoff.NodeStatus(name, handoff.READY, guests=guests))
+    handoff.publish(config, ctx.job_id, handoff.NodeStatus(name, handoff.READY, guests=guests,
+                                                           run=ctx.run_count))
     log.info("job %s: %d guest(s) ready on %s in %.1f s", ctx.job_id, len(guests), name,
              result.seconds)
     if not mother_superior:
         return Outcome(RUN)
-    statuses = handoff.collect(config, ctx.job_id, ctx.nodes, config.timeouts.provision)
+    statuses = handoff.collect(config, ctx.job_id, ctx.nodes, config.timeouts.provision,
+                               run=ctx.run_count)
     failed = [s for s in statuses.values() if s.state != handoff.READY]
     if not failed:
         try:
@@ -95,7 +98,9 @@ def provision(ctx: JobContext, config: Config, *, mother_superior: bool) -> Outc
     # Another node failed: roll back here; every other node rolls back in its epilogue
     # (or the reaper does it) — the batch system runs those on every node of the job.
     try:
-        clean_node(ctx.job_id, config, mother_superior=True)
+        # Only this node's guests: the job's address block stays until the epilogues (or
+        # the reaper) have removed every node's guests, and a requeued run reuses it.
+        clean_node(ctx.job_id, config, mother_superior=False)
     except VtorqueError as exc:
         log.error("job %s: rollback on %s failed: %s", ctx.job_id, name, exc)
     reasons = "; ".join(f"{s.node}: {s.reason}" for s in failed)

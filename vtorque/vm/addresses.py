@@ -55,11 +55,12 @@ def _load(path: str) -> dict[str, list[int]]:
     try:
         with open(path) as handle:
             data = json.load(handle)
+        return {str(k): [int(v[0]), int(v[1])] for k, v in data.items()}
     except FileNotFoundError:
         return {}
-    except ValueError:
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError):
+        # Not JSON, or JSON of another shape ([], {"job": 5}, null): never guess.
         raise NodeError(f"address allocations {path} are corrupt; fix or remove it") from None
-    return {str(k): [int(v[0]), int(v[1])] for k, v in data.items()}
 
 
 def allocate(config: Config, job_id: str, size: int) -> AddressBlock:

@@ -80,6 +80,22 @@ class Host:
                 types.add(dom.get("type"))
         return types
 
+    def ensure_filters(self, filters: list[tuple[str, str]]) -> None:
+        """Define the network filters (name, XML) that are missing; existing ones stay."""
+        for name, xml in filters:
+            try:
+                self._conn.nwfilterLookupByName(name)
+                continue
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_NWFILTER:
+                    raise HypervisorError(f"cannot look up network filter {name}: "
+                                          f"{_message(exc)}") from None
+            try:
+                self._conn.nwfilterDefineXML(xml)
+            except libvirt.libvirtError as exc:
+                raise HypervisorError(f"cannot define network filter {name}: "
+                                      f"{_message(exc)}") from None
+
     def start_transient(self, xml: str) -> str:
         """Create and start a transient domain; return its UUID."""
         try:

@@ -31,7 +31,7 @@ from vtorque.journal import JobPaths, Journal
 from vtorque.request import VmRequest, check_fits_node, check_image_matches, image_name
 from vtorque.vm import disks, readiness
 from vtorque.vm.host import Host
-from vtorque.vm.render import domain_xml
+from vtorque.vm.render import domain_xml, network_filters
 from vtorque.vm.addresses import AddressBlock
 from vtorque.vm.seed import SeedExtras, seed_documents, write_seed_iso
 from vtorque.vm.spec import GuestSpec, build_guest_specs
@@ -151,6 +151,8 @@ def _provision(paths: JobPaths, specs: list[GuestSpec], host: Host, config: Conf
         make_dir(paths.ramdisk_dir, 0o710, gid=specs[0].qemu_gid)
     journal = Journal(paths.journal)
     journal.record("job-start", job_id=paths.job_id, guests=[s.name for s in specs])
+    if any(spec.nic and spec.nic.peers for spec in specs):
+        host.ensure_filters(network_filters())
     timeouts = config.timeouts
 
     def start_one(spec: GuestSpec) -> None:

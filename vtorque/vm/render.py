@@ -18,3 +18,12 @@ def domain_xml(spec: GuestSpec) -> str:
     """The domain XML of one guest."""
     return _ENV.get_template(spec.template).render(spec=spec, ns=METADATA_NS,
                                                   hostroot_tag=HOSTROOT_TAG)
+
+
+# The job-isolation filters, defined once per node (order: referenced ones first).
+FILTERS = ("vtorque-job-peers", "nwfilter-job-peers.xml"), ("vtorque-job", "nwfilter-job.xml")
+
+
+def network_filters() -> list[tuple[str, str]]:
+    """(name, XML) of the network filters guests with isolated NICs refer to."""
+    return [(name, _ENV.loader.get_source(_ENV, template)[0]) for name, template in FILTERS]

@@ -42,6 +42,7 @@ class NicSpec:
     prefix: int | None = None
     gateway: str | None = None
     mtu: int = 1500
+    peers: tuple[str, ...] = ()     # isolation: the only IPv4 peers (empty: no filter)
 
 
 @dataclass(frozen=True)
@@ -143,8 +144,12 @@ def build_guest_specs(*, paths: JobPaths, request: VmRequest, image: Image, conf
             source = net.name if net.mode == "network" else net.bridge
             mac = mac_address(net.mac_prefix, paths.job_id, rank)
             if addresses is not None:
+                peers: tuple[str, ...] = ()
+                if net.isolate_jobs:
+                    peers = tuple(addresses.address(r) for r in range(addresses.size)) + \
+                        ((addresses.gateway,) if addresses.gateway else ())
                 nic = NicSpec(net.mode, source, mac, addresses.address(rank), addresses.prefix,
-                              addresses.gateway, net.mtu)
+                              addresses.gateway, net.mtu, peers)
             else:
                 nic = NicSpec(net.mode, source, mac, mtu=net.mtu)
         cmdline = None

@@ -1,0 +1,61 @@
+"""Two jobs on one node share the guest network but not each other's guests: a guest
+reaches its own job's guests (by name, from /etc/hosts) and the host side, and cannot
+open a connection to another job's guest (libvirt nwfilter per NIC). Real guests, real
+sshd, probes run inside the guests as the job owner."""
+
+from __future__ import annotations
+
+import pwd
+import subprocess
+
+import pytest
+
+from tests.e2e.cluster import JOB_USER
+from tests.e2e.conftest import NETNS
+from vtorque.prologue.guests import bring_up, write_user_files
+from vtorque.request import parse_request
+from vtorque.vm import addresses, lifecycle
+
+
+@pytest.fixture
+def net_node(make_node, job_user):
+    node = make_node(network={"mode": "network", "name": "vtorque", "pool_first": 120,
+                              "pool_last": 160},
+                     batch={"shared_state_dir": "/var/tmp/vtorque-tests/shared-net"})
+    yield node
+    for job in ("301", "302"):
+        addresses.release(node.config, job)
+
+
+def in_guest(user_dir: str, guest: str, command: str) -> subprocess.CompletedProcess:
+    account = pwd.getpwnam(JOB_USER)
+    return subprocess.run(
+        ["ip", "netns", "exec", NETNS, "setpriv", f"--reuid={account.pw_uid}",
+         f"--regid={account.pw_gid}", "--init-groups", "--", "/usr/bin/ssh", "-F",
+         f"{user_dir}/ssh_config", guest, command],
+        capture_output=True, text=True, timeout=60)
+
+
+def can_connect(address: str) -> str:
+    # bash's /dev/tcp: a TCP connect to sshd, bounded by timeout(1).
+    return (f"timeout 4 bash -c 'exec 3<>/dev/tcp/{address}/22' 2>/dev/null "
+            f"&& echo open-{address} || echo closed-{address}")
+
+
+def test_jobs_on_one_network_are_isolated(net_node):
+    cfg = net_node.config
+    net_node.jobs.update({"301", "302"})
+    _, job_a = bring_up("301", parse_request("vms_per_node=2", cfg), cfg, user=JOB_USER)
+    _, job_b = bring_up("302", parse_request("vms_per_node=1", cfg), cfg, user=JOB_USER)
+    user_dir = write_user_files("301", cfg, JOB_USER, job_a)
+    a0, a1, b0 = job_a[0], job_a[1], job_b[0]
+    probe = " ; ".join([f"getent hosts {a1.hostname}", can_connect(a1.address),
+                        can_connect(b0.address)])
+    done = in_guest(user_dir, a0.hostname, probe)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert a1.address in out                        # /etc/hosts knows the job's guests
+    assert f"open-{a1.address}" in out              # own job: reachable
+    assert f"closed-{b0.address}" in out            # the other job: not
+    lifecycle.down("301", cfg)
+    lifecycle.down("302", cfg)

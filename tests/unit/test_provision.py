@@ -1,0 +1,271 @@
+"""Unit tests of vtorque.prologue.provision: one node's prologue for any batch system, with
+the guests replaced (guests.bring_up monkeypatched), so no libvirt is needed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vtorque.batch.base import JobContext
+from vtorque.errors import HypervisorError, ImageError, NodeError, RequestError
+from vtorque.epilogue import teardown
+from vtorque.mpi.hostfile import GuestEntry
+from vtorque.prologue import guests, handoff, provision
+from vtorque.prologue.provision import ABORT, REQUEUE, RUN, node_fault, node_index
+from vtorque.vm import lifecycle
+
+JOB = "31.head"
+
+
+def context(nodes: tuple[str, ...] = ("n1", "n2"), vm: str | None = "vcpus=1",
+            run_count: int = 1, user: str = "alice") -> JobContext:
+    return JobContext(scheduler="torque", job_id=JOB, user=user, group="hpc",
+                      job_name="vmjob", queue="batch", nodes=nodes,
+                      slots=tuple(2 for _ in nodes), vm_request=vm, workdir="/home/alice",
+                      run_count=run_count)
+
+
+@pytest.fixture
+def config(make_config: Any, tmp_path: Path) -> Any:
+    return make_config({"node_name": "n1", "log_file": str(tmp_path / "log" / "vt.log"),
+                        "timeouts": {"provision": 0.3},
+                        "batch": {"shared_state_dir": str(tmp_path / "shared"),
+                                  "max_requeues": 2}})
+
+
+@pytest.fixture
+def sister_config(make_config: Any, tmp_path: Path) -> Any:
+    return make_config({"node_name": "n2", "log_file": str(tmp_path / "log" / "vt.log"),
+                        "batch": {"shared_state_dir": str(tmp_path / "shared")}})
+
+
+class Recorder:
+    """Fake bring_up / clean_node / write_user_files that record their calls."""
+
+    def __init__(self, error: Exception | None = None):
+        self.error = error
+        self.up_calls: list[dict[str, Any]] = []
+        self.cleaned: list[tuple[str, bool]] = []
+        self.user_files: list[tuple[str, str, int]] = []
+
+    def bring_up(self, job_id: str, request: Any, config: Any, *, user: str | None,
+                 node_index: int = 0, node_count: int = 1) -> Any:
+        self.up_calls.append({"job": job_id, "request": request, "user": user,
+                              "index": node_index, "count": node_count})
+        if self.error is not None:
+            raise self.error
+        vms = request.vms_per_node
+        ranks = range(node_index * vms, node_index * vms + vms)
+        result = lifecycle.UpResult(job_id, [
+            lifecycle.Guest(job_id, r, f"vtorque-x-{r}", f"vt31-{r}", "running",
+                            mac=f"52:54:00:00:00:{r:02x}") for r in ranks], seconds=1.5)
+        everyone = [GuestEntry(r, f"vt31-{r}", None, request.vcpus)
+                    for r in range(node_count * vms)]
+        return result, everyone
+
+    def clean_node(self, job_id: str, config: Any, *, mother_superior: bool) -> list[str]:
+        self.cleaned.append((job_id, mother_superior))
+        return []
+
+    def write_user_files(self, job_id: str, config: Any, user: str, entries: list,
+                         kind: str = "linux") -> str:
+        self.user_files.append((job_id, user, len(entries)))
+        return "/nowhere"
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+    rec = Recorder()
+    monkeypatch.setattr(guests, "bring_up", rec.bring_up)
+    monkeypatch.setattr(guests, "write_user_files", rec.write_user_files)
+    monkeypatch.setattr(teardown, "clean_node", rec.clean_node)
+    return rec
+
+
+# --- node_index -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,nodes,index", [
+    ("n2", ("n1", "n2", "n3"), 1),
+    ("n1", ("n1",), 0),
+    ("n2", ("n1.c.org", "n2.c.org"), 1),           # short name, FQDNs in the job
+    ("n2.c.org", ("n1", "n2"), 1),                 # FQDN here, short names in the job
+    ("n1.c", ("n1.c", "n1.d"), 0),                 # exact wins over short-name matches
+    ("node-07.x", ("node-7.x", "node-07"), 1),
+])
+def test_node_index_finds_this_node(name: str, nodes: tuple[str, ...], index: int) -> None:
+    assert node_index(name, nodes) == index
+
+
+@pytest.mark.parametrize("name,nodes", [
+    ("n1", ("n1.a", "n1.b")),                      # ambiguous short name
+    ("n3", ("n1", "n2")),
+    ("n", ("n1", "n2")),                           # a prefix is not a short name
+    ("n1", ()),
+])
+def test_node_index_refuses(name: str, nodes: tuple[str, ...]) -> None:
+    with pytest.raises(NodeError, match=f"this node \\({name}\\) is not among"):
+        node_index(name, nodes)
+
+
+# --- node_fault -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("run_count,action", [(0, REQUEUE), (1, REQUEUE), (2, REQUEUE),
+                                              (3, ABORT), (50, ABORT)])
+def test_node_fault_requeues_until_max_requeues(config: Any, run_count: int,
+                                                action: str) -> None:
+    outcome = node_fault(context(run_count=run_count), config, "vtorque: disk full")
+    assert outcome.action == action
+    assert outcome.message.startswith("vtorque: disk full")
+    if action == ABORT:
+        assert "batch.max_requeues=2" in outcome.message and "aborting" in outcome.message
+        assert f"started {run_count} times" in outcome.message
+    else:
+        assert outcome.message == "vtorque: disk full"
+
+
+def test_node_fault_with_no_requeues_allowed(make_config: Any) -> None:
+    cfg = make_config({"batch": {"max_requeues": 0}})
+    assert node_fault(context(run_count=1), cfg, "x").action == ABORT
+    assert node_fault(context(run_count=0), cfg, "x").action == REQUEUE
+
+
+# --- provision ----------------------------------------------------------------------------
+
+def test_non_vm_job_runs_without_touching_anything(config: Any,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("touched")
+    monkeypatch.setattr(guests, "bring_up", boom)
+    monkeypatch.setattr(handoff, "publish", boom)
+    monkeypatch.setattr(handoff, "collect", boom)
+    for vm in (None, ""):
+        for ms in (True, False):
+            assert provision.provision(context(vm=vm), config,
+                                       mother_superior=ms) == provision.Outcome(RUN)
+    assert not os.path.exists(config.batch.shared_state_dir)
+    assert not os.path.exists(config.state_dir)
+
+
+@pytest.mark.parametrize("error", [RequestError("-vm vcpus=9 exceeds", key="vcpus"),
+                                   ImageError("image 'x' is not authorized")])
+def test_user_error_aborts_and_publishes_a_user_fault(config: Any, fake: Recorder,
+                                                      error: Exception) -> None:
+    fake.error = error
+    outcome = provision.provision(context(), config, mother_superior=True)
+    assert outcome.action == ABORT
+    assert outcome.message == f"vtorque: job {JOB} refused: {error}"
+    status = handoff.read(config, JOB, "n1")
+    assert status.state == handoff.FAILED and status.user_fault
+    assert status.reason == str(error)
+    assert fake.cleaned == []
+
+
+def test_invalid_request_is_refused_before_bring_up(config: Any, fake: Recorder) -> None:
+    outcome = provision.provision(context(vm="vcpus=0"), config, mother_superior=False)
+    assert outcome.action == ABORT and "vcpus" in outcome.message
+    assert fake.up_calls == []
+    assert handoff.read(config, JOB, "n1").user_fault
+
+
+@pytest.mark.parametrize("run_count,action", [(1, REQUEUE), (3, ABORT)])
+def test_node_error_requeues_then_aborts(config: Any, fake: Recorder, run_count: int,
+                                         action: str) -> None:
+    fake.error = HypervisorError("cannot connect to libvirt")
+    outcome = provision.provision(context(run_count=run_count), config, mother_superior=True)
+    assert outcome.action == action
+    assert "node n1 failed to start the job's guests: cannot connect to libvirt" \
+        in outcome.message
+    status = handoff.read(config, JOB, "n1")
+    assert status.state == handoff.FAILED and not status.user_fault
+    assert "cannot connect to libvirt" in status.reason
+
+
+def test_this_node_not_in_the_job_requeues(config: Any, fake: Recorder) -> None:
+    outcome = provision.provision(context(nodes=("n7", "n8")), config, mother_superior=False)
+    assert outcome.action == REQUEUE and "not among the job's nodes" in outcome.message
+    assert fake.up_calls == []
+
+
+def test_sister_success_runs_and_publishes_ready(sister_config: Any, fake: Recorder) -> None:
+    outcome = provision.provision(context(nodes=("n1.c", "n2.c"), vm="vcpus=2;vms_per_node=2"),
+                                  sister_config, mother_superior=False)
+    assert outcome == provision.Outcome(RUN)
+    assert fake.up_calls[0]["index"] == 1 and fake.up_calls[0]["count"] == 2
+    assert fake.up_calls[0]["user"] == "alice"
+    assert fake.up_calls[0]["request"].vcpus == 2
+    # Published under the job's spelling of this node's name.
+    assert handoff.read(sister_config, JOB, "n2") is None
+    status = handoff.read(sister_config, JOB, "n2.c")
+    assert status.state == handoff.READY
+    assert [g["rank"] for g in status.guests] == [2, 3]
+    assert status.guests[0] == {"rank": 2, "name": "vtorque-x-2", "hostname": "vt31-2",
+                                "mac": "52:54:00:00:00:02"}
+    assert fake.user_files == [] and fake.cleaned == []
+
+
+def test_mother_superior_waits_for_all_then_writes_the_user_files(config: Any,
+                                                                  fake: Recorder) -> None:
+    handoff.publish(config, JOB, handoff.NodeStatus("n2", handoff.READY, run=1))
+    outcome = provision.provision(context(), config, mother_superior=True)
+    assert outcome == provision.Outcome(RUN)
+    assert fake.user_files == [(JOB, "alice", 2)]
+    assert fake.cleaned == []
+
+
+@pytest.mark.parametrize("run_count,action", [(1, REQUEUE), (3, ABORT)])
+def test_mother_superior_rolls_back_when_a_sister_fails(config: Any, fake: Recorder,
+                                                        run_count: int, action: str) -> None:
+    handoff.publish(config, JOB, handoff.NodeStatus("n2", handoff.FAILED, "disk full on n2",
+                                                    run=run_count))
+    outcome = provision.provision(context(run_count=run_count), config, mother_superior=True)
+    assert outcome.action == action
+    assert "n2: disk full on n2" in outcome.message
+    if action == ABORT:
+        assert "aborting" in outcome.message
+    assert [job for job, _ in fake.cleaned] == [JOB]
+    assert fake.user_files == []
+
+
+def test_mother_superior_aborts_when_a_sister_refused_the_request(config: Any,
+                                                                  fake: Recorder) -> None:
+    handoff.publish(config, JOB, handoff.NodeStatus("n2", handoff.FAILED,
+                                                    "image 'x' is not authorized",
+                                                    user_fault=True, run=1))
+    outcome = provision.provision(context(run_count=1), config, mother_superior=True)
+    assert outcome.action == ABORT
+    assert outcome.message == f"vtorque: job {JOB} refused: n2: image 'x' is not authorized"
+    assert [job for job, _ in fake.cleaned] == [JOB]
+
+
+def test_mother_superior_requeues_when_a_sister_stays_silent(config: Any,
+                                                             fake: Recorder) -> None:
+    outcome = provision.provision(context(), config, mother_superior=True)
+    assert outcome.action == REQUEUE
+    assert "n2: node n2 did not report its guests within 0.3 s" in outcome.message
+    assert [job for job, _ in fake.cleaned] == [JOB]
+
+
+def test_failing_user_files_roll_back(config: Any, fake: Recorder,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_user(*args: Any, **kwargs: Any) -> str:
+        raise KeyError("getpwnam(): name not found: 'alice'")
+    monkeypatch.setattr(guests, "write_user_files", no_user)
+    handoff.publish(config, JOB, handoff.NodeStatus("n2", handoff.READY, run=1))
+    outcome = provision.provision(context(), config, mother_superior=True)
+    assert outcome.action == REQUEUE
+    assert "n1: cannot write the job's files" in outcome.message
+    assert [job for job, _ in fake.cleaned] == [JOB]
+
+
+def test_failing_rollback_still_reports_the_first_failure(config: Any, fake: Recorder,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    def broken(*args: Any, **kwargs: Any) -> list[str]:
+        raise NodeError("libvirtd gone")
+    monkeypatch.setattr(teardown, "clean_node", broken)
+    handoff.publish(config, JOB, handoff.NodeStatus("n2", handoff.FAILED, "no kvm", run=1))
+    outcome = provision.provision(context(), config, mother_superior=True)
+    assert outcome.action == REQUEUE and "n2: no kvm" in outcome.message
