@@ -137,7 +137,7 @@ class TorqueHarness:
             run.prologue_output += output
         return run
 
-    def execute(self, job: dict, run: JobRun, timeout: float = 600) -> JobRun:
+    def execute(self, job: dict, run: JobRun, timeout: float = 300) -> JobRun:
         """The job's shell as the job owner, in the node's network namespace."""
         account = pwd.getpwnam(job["euser"])
         env = {

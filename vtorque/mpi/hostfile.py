@@ -62,6 +62,9 @@ def ssh_config(user: str, identity: str, known_hosts_path: str,
         "    BatchMode yes\n"
         "    LogLevel ERROR\n"
         "    ConnectTimeout 20\n"
+        # A guest that dies mid-job ends the session within a minute, not never.
+        "    ServerAliveInterval 15\n"
+        "    ServerAliveCountMax 4\n"
     )
 
 
