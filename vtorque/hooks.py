@@ -77,16 +77,9 @@ def _torque_prologue(adapter, config, job_id: str, args: list[str],
         return TORQUE_EXIT["requeue"]
     if not ctx.is_vm_job:
         return 0      # every job of the cluster passes here: import nothing more
-    from vtorque.prologue.provision import ABORT, Outcome, node_fault, provision
-    user = args[1] if len(args) > 1 else None
-    if user is not None and user != ctx.user:
-        outcome = Outcome(ABORT, f"vtorque: job {job_id}: the mom says user {user!r}, the "
-                                 f"server says {ctx.user!r}; refusing to start guests")
-    else:
-        try:
-            outcome = provision(ctx, config, mother_superior=mother_superior)
-        except VtorqueError as exc:  # e.g. the shared state directory is unwritable
-            outcome = node_fault(ctx, config, f"vtorque: job {job_id}: {exc}")
+    from vtorque.prologue.provision import prologue
+    outcome = prologue(ctx, config, claimed_user=args[1] if len(args) > 1 else None,
+                       mother_superior=mother_superior)
     _say(outcome.message)
     return TORQUE_EXIT[outcome.action]
 

@@ -121,20 +121,13 @@ def _owner_mismatch(ctx, user: str) -> str:
 
 
 def _prologue(adapter, config, job_id: str, user: str, mother_superior: bool) -> int:
-    from vtorque.prologue.provision import ABORT, Outcome, node_fault, provision
+    from vtorque.prologue.provision import prologue
     ctx = _read_job(adapter, config, job_id)
     if ctx is None:
         return NODE_FAULT
     if not ctx.is_vm_job:
         return 0
-    mismatch = _owner_mismatch(ctx, user)
-    if mismatch:
-        outcome = Outcome(ABORT, mismatch)
-    else:
-        try:
-            outcome = provision(ctx, config, mother_superior=mother_superior)
-        except VtorqueError as exc:  # e.g. the shared state directory is unwritable
-            outcome = node_fault(ctx, config, f"vtorque: job {job_id}: {exc}")
+    outcome = prologue(ctx, config, claimed_user=user, mother_superior=mother_superior)
     _say(outcome.message)
     return EXIT[outcome.action]
 

@@ -109,3 +109,17 @@ def provision(ctx: JobContext, config: Config, *, mother_superior: bool) -> Outc
         return Outcome(ABORT, f"vtorque: job {ctx.job_id} refused: {reasons}")
     return node_fault(ctx, config, f"vtorque: job {ctx.job_id} could not start its guests: "
                                    f"{reasons}")
+
+
+def prologue(ctx: JobContext, config: Config, *, claimed_user: str | None,
+             mother_superior: bool) -> Outcome:
+    """A prologue's decision for any batch system: the owner the hook was told about must
+    be the server's, then provision; every failure becomes an Outcome."""
+    if claimed_user is not None and claimed_user != ctx.user:
+        return Outcome(ABORT, f"vtorque: job {ctx.job_id}: the batch system says user "
+                              f"{claimed_user!r} here, the server says {ctx.user!r}; "
+                              "refusing to start guests")
+    try:
+        return provision(ctx, config, mother_superior=mother_superior)
+    except VtorqueError as exc:  # e.g. the shared state directory is unwritable
+        return node_fault(ctx, config, f"vtorque: job {ctx.job_id}: {exc}")
