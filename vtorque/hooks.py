@@ -85,8 +85,8 @@ def _torque_prologue(adapter, config, job_id: str, args: list[str],
 
 
 def main(scheduler: str, event: str, args: list[str], config_path: str | None) -> int:
-    from vtorque import pbs_hooks
-    handlers = {"torque": torque, "openpbs": pbs_hooks.main}
+    from vtorque import pbs_hooks, slurm_hooks
+    handlers = {"torque": torque, "openpbs": pbs_hooks.main, "slurm": slurm_hooks.main}
     if scheduler not in handlers:
         _say(f"vtorque: hooks for {scheduler!r} are not available")
         return 2

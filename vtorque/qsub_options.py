@@ -61,6 +61,44 @@ request.encode_pairs: `img=x;vcpus=2`). When the command line has `-v`, it is ap
 the last one (`-v FOO=1,VTORQUE_VM=...`: OpenPBS keeps only the last -v); otherwise one
 `-v` is added, carrying the script's `-v` directive values too (a command-line -v replaces
 the script's in OpenPBS). A VTORQUE_VM variable from the user is refused.
+
+Slurm (sbatch)
+--------------
+With batch.system slurm, vsub takes sbatch's own options, read as sbatch 22.05's
+getopt_long reads them (SBATCH_LONG, SBATCH_SHORT_*: the option table of the Debian 12
+sbatch, probed option by option): long options by their name or any unambiguous prefix
+(`--comm=x` is --comment), `--name=value` or `--name value` for a required argument,
+`--name=value` only for an optional one; short letters bundle (`-HvN2`). Options end at the
+first word that is not one (sbatch's "+" getopt): that word is the script; script
+arguments are refused (the job shell runs the script without them), as are `:`
+(heterogeneous jobs) and unknown short letters; an unknown long option passes only as
+`--name=value`. Every option is passed to sbatch unchanged and in order; vsub adds its own
+after them (sbatch takes the last value of an option, and the command line over the
+script and SBATCH_* variables).
+
+- `-vm TEXT`, `--vm TEXT` and `--vm=TEXT` are vsub's (`-vm` as a whole word: sbatch would
+  read it as -v -m). In the script: `#VSUB -vm key=value` lines in the leading block
+  (`#VSUB` at the start of the line, then white space; only -vm requests). `#SBATCH -vm`
+  is refused: sbatch would read it as -v -m.
+- Directives are read as sbatch reads them: lines starting with `#SBATCH` (column 1) in the
+  leading block, which ends at the first line whose first non-blank character is not `#`.
+  `#PBS`/`#BSUB` lines there (sbatch translates them) are refused unless --ignore-pbs.
+- `--wrap=CMD` becomes the script sbatch would have made of it.
+- The request travels in the job's comment (vtorque.batch.slurm: `vtorque:img=x;vcpus=2`,
+  then the user's own comment, if any, after one space). A user comment that starts with
+  `vtorque:` or holds a line break is refused.
+- Resources: `--mincpus` (CPUs on every node, whatever the task layout, which VM jobs do
+  not use) is raised to C and `--mem` (memory per node) to M. A user's `--mem-per-cpu` is
+  raised to ceil(M / C) instead (sbatch refuses two kinds of memory request); with
+  `--mem-per-gpu` the memory is left alone and a note says so. `--mem=0` (the whole node)
+  is kept. The effective value is found as sbatch finds it: command line, then SBATCH_MEM_*
+  variables, then directives. Raising a value the user gave is noted on stderr.
+- sbatch has no -S: vsub submits a wrapper, a copy of the script's leading comment block
+  (so sbatch sees every directive) followed by
+  `exec <job shell> /dev/stdin <<'VTORQUE_SCRIPT_EOF'`, the script verbatim, and the
+  delimiter (made unique when the script holds that line). Quoted, so nothing in the
+  script is expanded on the host; the job shell reads the script from the here-document
+  and picks the interpreter from the script's own #! line inside the guest.
 """
 
 from __future__ import annotations
@@ -482,6 +520,8 @@ class Submission:
     script_copy: str | None = None    # script text to pass as a file named like the user's
     stdin: str | None = None          # script text to pass on stdin
     notes: tuple[str, ...] = ()       # one-line remarks for stderr
+    copy_name: str | None = None      # file name for script_copy (default: the script's)
+    wait: bool = False                # the command waits for the job (sbatch --wait)
 
     def argv(self, command_path: str, copy_path: str | None = None) -> list[str]:
         """The full argv; copy_path is where the caller wrote script_copy."""
@@ -552,8 +592,7 @@ def build_pbs_submission(cmdline: ParsedArgs, script: JobScript, encoded_request
     return Submission("qsub", tuple(args), script_path=script.path, notes=note_lines)
 
 
-# Batch system -> submission builder. Slurm (sbatch) will translate the qsub-style options
-# into sbatch's and register here.
+# Batch system -> submission builder (the Slurm one is defined below).
 BUILDERS = {
     "torque": build_pbs_submission,
     "openpbs": build_pbs_submission,
@@ -571,3 +610,397 @@ def build_submission(system: str, cmdline: ParsedArgs, script: JobScript,
         raise NodeError(f"vsub does not support the batch system '{system}' yet "
                          "(config key batch.system)") from None
     return builder(cmdline, script, encoded_request, need, job_shell)
+
+
+# --- Slurm (sbatch) ----------------------------------------------------------------------
+
+REQUIRED, OPTIONAL, NO_ARG = "required", "optional", "none"
+# sbatch 22.05.8 (Debian 12): every long option and whether it takes an argument, probed
+# with the installed sbatch ("requires an argument" / "doesn't allow an argument"),
+# names from sbatch(1) and `sbatch --help` plus the hidden --ntasks-per-tres.
+SBATCH_LONG: dict[str, str] = {
+    **dict.fromkeys((
+        "account", "acctg-freq", "array", "batch", "bb", "bbf", "begin", "chdir",
+        "cluster-constraint", "clusters", "comment", "constraint", "container", "core-spec",
+        "cores-per-socket", "cpu-freq", "cpus-per-gpu", "cpus-per-task", "deadline",
+        "delay-boot", "dependency", "distribution", "error", "exclude", "export",
+        "export-file", "extra-node-info", "gid", "gpu-bind", "gpu-freq", "gpus",
+        "gpus-per-node", "gpus-per-socket", "gpus-per-task", "gres", "gres-flags", "hint",
+        "input", "job-name", "kill-on-invalid-dep", "licenses", "mail-type", "mail-user",
+        "mcs-label", "mem", "mem-bind", "mem-per-cpu", "mem-per-gpu", "mincpus", "network",
+        "nodefile", "nodelist", "nodes", "ntasks", "ntasks-per-core", "ntasks-per-gpu",
+        "ntasks-per-node", "ntasks-per-socket", "ntasks-per-tres", "open-mode", "output",
+        "partition", "power", "prefer", "priority", "profile", "qos", "reservation",
+        "signal", "sockets-per-node", "switches", "thread-spec", "threads-per-core", "time",
+        "time-min", "tmp", "uid", "wait-all-nodes", "wckey", "wrap"), REQUIRED),
+    **dict.fromkeys(("exclusive", "get-user-env", "nice", "no-kill", "propagate"),
+                    OPTIONAL),
+    **dict.fromkeys((
+        "contiguous", "help", "hold", "ignore-pbs", "no-requeue", "overcommit",
+        "oversubscribe", "parsable", "quiet", "reboot", "requeue", "spread-job",
+        "test-only", "usage", "use-min-nodes", "verbose", "version", "wait"), NO_ARG),
+}
+SBATCH_SHORT_ARG = {
+    "a": "array", "A": "account", "b": "begin", "B": "extra-node-info",
+    "c": "cpus-per-task", "C": "constraint", "d": "dependency", "D": "chdir", "e": "error",
+    "F": "nodefile", "G": "gpus", "i": "input", "J": "job-name", "L": "licenses",
+    "m": "distribution", "M": "clusters", "n": "ntasks", "N": "nodes", "o": "output",
+    "p": "partition", "q": "qos", "S": "core-spec", "t": "time", "w": "nodelist",
+    "x": "exclude"}
+SBATCH_SHORT_OPTIONAL = {"k": "no-kill"}
+SBATCH_SHORT_FLAG = {"h": "help", "s": "oversubscribe", "v": "verbose", "H": "hold",
+                     "O": "overcommit", "Q": "quiet", "V": "version", "W": "wait"}
+SBATCH_PREFIX = "#SBATCH"
+VSUB_PREFIX = "#VSUB"
+WRAP_DELIMITER = "VTORQUE_SCRIPT_EOF"
+# sbatch's own text for --wrap (src/sbatch/sbatch.c, _script_wrap).
+WRAP_HEADER = "#!/bin/sh\n# This script was created by sbatch --wrap.\n\n"
+SBATCH_MEM_ENV = {"SBATCH_MEM_PER_NODE": "mem", "SBATCH_MEM_PER_CPU": "mem-per-cpu",
+                  "SBATCH_MEM_PER_GPU": "mem-per-gpu"}
+_SLURM_SIZE = re.compile(r"([0-9]{1,15})(?:([KMGTkmgt])[Bb]?)?")
+_SLURM_SHIFT = {"k": -10, "m": 0, "g": 10, "t": 20}
+
+
+@dataclass(frozen=True)
+class SbatchOption:
+    """One option word (or two), exactly as given, and the long names it sets: a bundle
+    of short flags sets several; `value` belongs to the last."""
+    words: tuple[str, ...]
+    names: tuple[str, ...]
+    value: str | None = None
+    known: bool = True
+
+
+@dataclass(frozen=True)
+class SbatchArgs:
+    options: tuple[SbatchOption, ...] = ()
+    vm_texts: tuple[str, ...] = ()
+    script: str | None = None
+    environ: Mapping[str, str] | None = None   # the SBATCH_* variables sbatch will read
+
+    def values(self, name: str) -> list[str]:
+        return [o.value or "" for o in self.options
+                if o.names and o.names[-1] == name and o.value is not None]
+
+    def has(self, name: str) -> bool:
+        return any(name in o.names for o in self.options)
+
+    def words(self, drop: Iterable[str] = ()) -> list[str]:
+        dropped = set(drop)
+        return [w for o in self.options if not (o.names and o.names[-1] in dropped)
+                for w in o.words]
+
+
+def _resolve_long(name: str, where: str) -> str | None:
+    """getopt_long: an exact name, else the one option the text is a prefix of."""
+    if name in SBATCH_LONG:
+        return name
+    matches = [n for n in SBATCH_LONG if name and n.startswith(name)]
+    if len(matches) > 1:
+        raise UsageError(f"{where}option --{name} is ambiguous (" +
+                         ", ".join(f"--{m}" for m in matches[:6]) + ")")
+    return matches[0] if matches else None
+
+
+def parse_sbatch_args(argv: Sequence[str], *, where: str = "", directive: bool = False,
+                      environ: Mapping[str, str] | None = None) -> SbatchArgs:
+    """Split sbatch-style words into options, -vm texts and the script (see the module
+    docstring). Directives (directive=True) take no script; an unknown option there is
+    passed over (sbatch judges it)."""
+    options: list[SbatchOption] = []
+    vm_texts: list[str] = []
+    script: str | None = None
+    i = 0
+
+    def next_word(what: str) -> str:
+        nonlocal i
+        if i >= len(argv):
+            raise UsageError(f"{where}option {what} needs an argument")
+        i += 1
+        return argv[i - 1]
+
+    while i < len(argv):
+        word = argv[i]
+        i += 1
+        if word in ("-vm", "--vm"):
+            vm_texts.append(next_word(word))
+            continue
+        if word.startswith("--vm="):
+            vm_texts.append(word[len("--vm="):])
+            continue
+        if word == ":":
+            raise Unsupported(f"{where}heterogeneous jobs (':') are not supported for VM "
+                              "jobs")
+        if word == "--" and not directive:
+            if i < len(argv):
+                script = argv[i]
+                i += 1
+            break
+        if word.startswith("--"):
+            name, eq, value = word[2:].partition("=")
+            full = _resolve_long(name, where)
+            if full is None:
+                if eq or directive:
+                    options.append(SbatchOption((word,), (name,), value if eq else None,
+                                                known=False))
+                    continue
+                raise UsageError(f"{where}unknown sbatch option --{name} (an option vsub "
+                                 "does not know passes only as --name=value)")
+            kind = SBATCH_LONG[full]
+            if kind == NO_ARG and eq:
+                raise UsageError(f"{where}option --{full} takes no argument")
+            if kind == REQUIRED and not eq:
+                value = next_word(f"--{full}")
+                options.append(SbatchOption((word, value), (full,), value))
+                continue
+            options.append(SbatchOption((word,), (full,), value if eq else None))
+            continue
+        if word.startswith("-") and word != "-":
+            names: list[str] = []
+            value = None
+            words: tuple[str, ...] = (word,)
+            pos = 1
+            while pos < len(word):
+                letter = word[pos]
+                pos += 1
+                if letter in SBATCH_SHORT_FLAG:
+                    names.append(SBATCH_SHORT_FLAG[letter])
+                    continue
+                if letter in SBATCH_SHORT_OPTIONAL:
+                    names.append(SBATCH_SHORT_OPTIONAL[letter])
+                    value = word[pos:] or None
+                    break
+                if letter in SBATCH_SHORT_ARG:
+                    names.append(SBATCH_SHORT_ARG[letter])
+                    if pos < len(word):
+                        value = word[pos:]
+                    else:
+                        value = next_word(f"-{letter}")
+                        words = (word, value)
+                    break
+                raise UsageError(f"{where}unknown sbatch option -{letter} (see sbatch(1) "
+                                 "and vsub --help)")
+            options.append(SbatchOption(words, tuple(names), value))
+            continue
+        if directive:
+            raise UsageError(f"{where}unexpected word '{word}' in a directive")
+        script = word
+        break
+    if i < len(argv):
+        raise Unsupported(f"{where}script arguments ({' '.join(argv[i:][:3])}...) are not "
+                          "supported for VM jobs; pass values in the environment or the "
+                          "script")
+    env = {k: v for k, v in (environ or {}).items() if k.startswith("SBATCH_")}
+    return SbatchArgs(tuple(options), tuple(vm_texts), script, env)
+
+
+@dataclass(frozen=True)
+class SbatchDirective:
+    line: int
+    prefix: str                      # #SBATCH or #VSUB
+    parsed: SbatchArgs
+
+
+@dataclass(frozen=True)
+class SbatchScript:
+    path: str | None                 # None: standard input (or --wrap)
+    text: str
+    directives: tuple[SbatchDirective, ...] = ()
+    block_end: int = 0               # index of the first line after the leading block
+    foreign: tuple[int, ...] = ()    # lines of #PBS / #BSUB directives (sbatch reads them)
+
+    @property
+    def vm_texts(self) -> list[str]:
+        return [t for d in self.directives for t in d.parsed.vm_texts]
+
+    def options(self) -> list[tuple[int, SbatchOption]]:
+        return [(d.line, o) for d in self.directives if d.prefix == SBATCH_PREFIX
+                for o in d.parsed.options]
+
+
+def read_sbatch_script(path: str | None, text: str) -> SbatchScript:
+    """The leading block as sbatch reads it: #SBATCH (and our #VSUB) lines up to the first
+    line whose first non-blank character is not '#'."""
+    lines = text.split("\n")
+    directives: list[SbatchDirective] = []
+    foreign: list[int] = []
+    end = len(lines)
+    for index, raw in enumerate(lines):
+        line = raw.rstrip("\r")
+        where = f"script line {index + 1}: "
+        if index == 0 and line.startswith("#!"):
+            continue
+        if line.startswith(SBATCH_PREFIX):
+            parsed = parse_sbatch_args(_split_directive(line[len(SBATCH_PREFIX):]),
+                                       where=where, directive=True)
+            if parsed.vm_texts:
+                raise UsageError(f"{where}put VM requests in '{VSUB_PREFIX} -vm ...' lines "
+                                 f"(sbatch reads '{SBATCH_PREFIX} -vm' as -v -m)")
+            directives.append(SbatchDirective(index + 1, SBATCH_PREFIX, parsed))
+            continue
+        if line.startswith(VSUB_PREFIX) and line[len(VSUB_PREFIX):][:1] in (" ", "\t"):
+            parsed = parse_sbatch_args(_split_directive(line[len(VSUB_PREFIX):]),
+                                       where=where, directive=True)
+            if parsed.options:
+                raise UsageError(f"{where}{VSUB_PREFIX} lines take -vm requests only; put "
+                                 f"sbatch options in {SBATCH_PREFIX} lines")
+            directives.append(SbatchDirective(index + 1, VSUB_PREFIX, parsed))
+            continue
+        if line.startswith(("#PBS", "#BSUB")):
+            foreign.append(index + 1)
+        stripped = line.strip(_BLANK)
+        if not stripped or stripped.startswith("#"):
+            continue
+        end = index
+        break
+    return SbatchScript(path, text, tuple(directives), end, tuple(foreign))
+
+
+def parse_slurm_size_mib(text: str, option: str) -> int:
+    """A Slurm memory size (`4096`, `4G`, `4gb`, `512M`, `1024K`; bare = MB) -> MiB."""
+    match = _SLURM_SIZE.fullmatch(text.strip())
+    if not match:
+        raise UsageError(f"cannot read --{option}={text} (expected e.g. 4096, 4096M or 4G)")
+    number, unit = int(match[1]), (match[2] or "m").lower()
+    shift = _SLURM_SHIFT[unit]
+    return number << shift if shift >= 0 else -((-number) >> -shift)
+
+
+def _effective(cmdline: SbatchArgs, script: SbatchScript, names: Sequence[str],
+               env_names: Mapping[str, str] | None = None
+               ) -> tuple[str, str, str] | None:
+    """(name, value, where) of the option sbatch will use among `names`: the command line
+    (last), then SBATCH_* variables, then the script's directives (last)."""
+    for option in reversed(cmdline.options):
+        if option.names and option.names[-1] in names and option.value is not None:
+            return option.names[-1], option.value, "command line"
+    for variable, name in (env_names or {}).items():
+        value = (cmdline.environ or {}).get(variable)
+        if value and name in names:
+            return name, value, f"${variable}"
+    for line, option in reversed(script.options()):
+        if option.names and option.names[-1] in names and option.value is not None:
+            return option.names[-1], option.value, f"script line {line}"
+    return None
+
+
+def adjust_sbatch_resources(cmdline: SbatchArgs, script: SbatchScript, need: Footprint
+                            ) -> tuple[list[str], list[str]]:
+    """(options to add after the user's, notes): --mincpus and --mem (or --mem-per-cpu)
+    raised so each node holds the guests plus the host's reserve."""
+    added: list[str] = []
+    notes: list[str] = []
+    cpus = _effective(cmdline, script, ("mincpus",))
+    if cpus is None:
+        added.append(f"--mincpus={need.cores}")
+    else:
+        value = cpus[1].strip()
+        if not value.isdigit() or len(value) > 9:
+            raise UsageError(f"cannot read --mincpus={cpus[1]} ({cpus[2]})")
+        if int(value) < need.cores:
+            added.append(f"--mincpus={need.cores}")
+            notes.append(f"--mincpus {value} -> {need.cores}")
+    memory = _effective(cmdline, script, ("mem", "mem-per-cpu", "mem-per-gpu"),
+                        SBATCH_MEM_ENV)
+    if memory is None:
+        added.append(f"--mem={need.memory_mib}M")
+    elif memory[0] == "mem":
+        have = parse_slurm_size_mib(memory[1], "mem")
+        if have != 0 and have < need.memory_mib:       # 0: all of the node's memory
+            added.append(f"--mem={need.memory_mib}M")
+            notes.append(f"--mem {memory[1]} -> {need.memory_mib}M")
+    elif memory[0] == "mem-per-cpu":
+        per_cpu = -(-need.memory_mib // max(need.cores, 1))
+        have = parse_slurm_size_mib(memory[1], "mem-per-cpu")
+        if have < per_cpu:
+            added.append(f"--mem-per-cpu={per_cpu}M")
+            notes.append(f"--mem-per-cpu {memory[1]} -> {per_cpu}M")
+    else:
+        notes.append(f"--mem-per-gpu ({memory[2]}) is kept: vsub cannot tell whether each "
+                     f"node gets the {need.memory_mib}M its guests and the host need; use "
+                     "--mem")
+    return added, notes
+
+
+def unique_delimiter(text: str, base: str = WRAP_DELIMITER) -> str:
+    lines = set(text.split("\n"))
+    delimiter, n = base, 0
+    while delimiter in lines:
+        n += 1
+        delimiter = f"{base}_{n}"
+    return delimiter
+
+
+def sbatch_wrapper(script: SbatchScript, job_shell: str) -> str:
+    """The batch script vsub submits: the user's leading comment block (sbatch reads its
+    directives there), then the job shell reading the user's script, verbatim, from a
+    quoted here-document."""
+    lines = script.text.split("\n")[:script.block_end]
+    if lines and lines[0].startswith("#!"):
+        lines = lines[1:]
+    body = script.text if script.text.endswith("\n") else script.text + "\n"
+    delimiter = unique_delimiter(body)
+    return ("#!/bin/sh\n" + "".join(line + "\n" for line in lines)
+            + "# vsub: the job script below runs in guest rank 0 (vtorque job shell)\n"
+            + f"exec {shlex.quote(job_shell)} /dev/stdin <<'{delimiter}'\n"
+            + body + delimiter + "\n")
+
+
+def _check_slurm_script(script: SbatchScript) -> None:
+    if not script.text.strip():
+        raise UsageError("the job script is empty")
+    if "\x00" in script.text:
+        raise UsageError("the job script holds NUL bytes; it must be text")
+    if not script.text.startswith("#!"):
+        raise UsageError("the job script does not start with #! (sbatch wants the first "
+                         "line to name an interpreter, e.g. #!/bin/sh)")
+
+
+def build_sbatch_submission(cmdline: SbatchArgs, script: SbatchScript, encoded_request: str,
+                            need: Footprint, job_shell: str | None = None) -> Submission:
+    """sbatch: the user's options unchanged, then --comment (the request), --mincpus and
+    --mem as needed, and the wrapper script that hands the user's script to the job
+    shell."""
+    from vtorque.batch.slurm import COMMENT_MARKER, comment_for_request
+    if job_shell is None:
+        raise NodeError("vsub for Slurm needs batch.job_shell")
+    _check_slurm_script(script)
+    if script.foreign and not (cmdline.has("ignore-pbs") or
+                               any(o.names and "ignore-pbs" in o.names
+                                   for _, o in script.options()) or
+                               (cmdline.environ or {}).get("SBATCH_IGNORE_PBS")):
+        raise UsageError(f"script line {script.foreign[0]}: sbatch would read this #PBS/"
+                         "#BSUB directive too; write it as #SBATCH (or pass --ignore-pbs)")
+    if any(ch.isspace() for ch in encoded_request):
+        raise RequestError("-vm values cannot contain white space")
+    user = _effective(cmdline, script, ("comment",))
+    user_comment = user[1] if user else None
+    if user_comment is not None:
+        if user_comment.startswith(COMMENT_MARKER):
+            raise RequestError(f"the job comment may not start with {COMMENT_MARKER!r} "
+                               f"({user[2]}): vsub writes the VM request there",
+                               key="comment")
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in user_comment):
+            raise UsageError(f"the job comment ({user[2]}) must be one line of text")
+    added, notes = adjust_sbatch_resources(cmdline, script, need)
+    args = cmdline.words(drop=("wrap",))
+    args.append(f"--comment={comment_for_request(encoded_request, user_comment)}")
+    args += added
+    note_lines: tuple[str, ...] = ()
+    raised = [n for n in notes if "->" in n]
+    if raised:
+        note_lines = (f"note: raised {', '.join(raised)} so each node fits "
+                      f"{need.vms_per_node} guest(s) of {need.vcpus} vCPU(s) plus the "
+                      "host's reserve",)
+    note_lines += tuple(f"note: {n}" for n in notes if "->" not in n)
+    wrapper = sbatch_wrapper(script, job_shell)
+    wait = cmdline.has("wait") or bool((cmdline.environ or {}).get("SBATCH_WAIT"))
+    wrapped = bool(cmdline.values("wrap"))
+    if script.path is None and not wrapped:
+        return Submission("sbatch", tuple(args), stdin=wrapper, notes=note_lines,
+                          wait=wait)
+    return Submission("sbatch", tuple(args), script_copy=wrapper, notes=note_lines,
+                      copy_name="wrap" if wrapped else None, wait=wait)
+
+
+BUILDERS["slurm"] = build_sbatch_submission

@@ -1,20 +1,22 @@
 """`vsub`: submit a batch job whose script runs inside per-job virtual machines.
 
-    vsub [qsub options] [-vm key=value[,key=value]]... [script]
+    vsub [qsub options] [-vm key=value[,key=value]]... [script]      (Torque, OpenPBS)
+    vsub [sbatch options] [-vm key=value[,key=value]]... [script]    (Slurm)
     vsub --help
 
-Runs on the login node as the user. Every qsub option is passed through (see
-qsub_options.py for how options, `#PBS -vm` directives and resources are read and
-rewritten); the -vm request is checked against the site's config and image catalog with
-the same code the root side runs, so a bad request fails here, with one line, and nothing
-is submitted. A good one is submitted with `<batch.bin_dir>/qsub`, whose stdout, stderr
-and exit status vsub passes on exactly.
+Runs on the login node as the user. Every qsub (or sbatch) option is passed through (see
+qsub_options.py for how options, `#PBS -vm` / `#VSUB -vm` directives and resources are
+read and rewritten); the -vm request is checked against the site's config and image
+catalog with the same code the root side runs, so a bad request fails here, with one
+line, and nothing is submitted. A good one is submitted with `<batch.bin_dir>/qsub` (or
+`sbatch`), whose stdout, stderr and exit status vsub passes on exactly.
 
 The config comes from $VTORQUE_CONFIG or /etc/vtorque/vtorque.yaml. No image is hashed
 here (Catalog.describe only); the root side re-validates everything.
 
-Exit status: qsub's when qsub ran; 1 when the request, the config or the image is refused
-(one line `vsub: <message>` on stderr, qsub not run); 2 for a malformed option list.
+Exit status: qsub's (sbatch's) when it ran; 1 when the request, the config or the image is
+refused (one line `vsub: <message>` on stderr, nothing run); 2 for a malformed option
+list.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import sys
 QSUB_TIMEOUT = 600.0
 
 USAGE = "usage: vsub [qsub options] [-vm key=value[,key=value]]... [script]"
+USAGE_SLURM = "usage: vsub [sbatch options] [-vm key=value[,key=value]]... [script]"
 
 
 def _say(message: str) -> None:
@@ -56,9 +59,17 @@ def _main(argv: list[str]) -> int:
     if "--help" in argv:
         return print_help()
     from vtorque import qsub_options as qo
+    from vtorque.errors import VtorqueError
+    try:
+        config, config_error = _load_config(), None
+    except VtorqueError as exc:          # reported after the options, as before
+        config, config_error = None, exc
+    if config is not None and _system(config) == "slurm":
+        return _main_slurm(argv, config, qo)
     parsed = qo.parse_args(argv)
     qo.refuse_interactive(parsed)
-    config = _load_config()
+    if config_error is not None:
+        raise config_error
     system = _system(config)
     command = _command_path(config, system)
     if parsed.long_options:                     # --version / --about: qsub's own answer
@@ -91,19 +102,82 @@ def _main(argv: list[str]) -> int:
         return _run(submission.argv(command, copy), None, env)
 
 
+def _main_slurm(argv: list[str], config, qo) -> int:
+    """vsub with sbatch: sbatch's options, the request in the job's comment, the script
+    wrapped for the job shell (qsub_options, section Slurm)."""
+    from vtorque.errors import UserError
+    parsed = qo.parse_sbatch_args(argv, environ=os.environ)
+    if parsed.has("help"):
+        return print_help()
+    command = _command_path(config, "slurm")
+    straight = [w for o in parsed.options if {"usage", "version"} & set(o.names)
+                for w in o.words]
+    if straight:                             # --usage / --version: sbatch's own answer
+        return _run([command, *straight], None, os.environ)
+    wrap = parsed.values("wrap")
+    if wrap:
+        if parsed.script is not None:
+            raise qo.UsageError("--wrap and a script cannot be given together")
+        script = qo.read_sbatch_script(None, qo.WRAP_HEADER + wrap[-1] + "\n")
+    else:
+        script = qo.read_sbatch_script(parsed.script, _read_text(parsed.script))
+    encoded, need = _check_request(list(parsed.vm_texts) + script.vm_texts, config, qo)
+    submission = qo.build_submission("slurm", parsed, script, encoded, need,
+                                     config.batch.job_shell)
+    for note in submission.notes:
+        _say(note)
+    env = {k: v for k, v in os.environ.items() if k != qo.JOB_VARIABLE}
+    timeout = None if submission.wait else QSUB_TIMEOUT
+    if submission.script_copy is None:
+        return _run(submission.argv(command), submission.stdin, env, timeout)
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="vsub.") as tmp:
+        # Same file name as the user's script: sbatch names the job after it.
+        name = submission.copy_name or os.path.basename(script.path or "STDIN")
+        copy = os.path.join(tmp, name)
+        try:
+            fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(submission.script_copy.encode("utf-8", "surrogateescape"))
+        except OSError as exc:
+            raise UserError(f"cannot write the job script for sbatch in {tmp}: "
+                            f"{exc.strerror or exc}") from None
+        return _run(submission.argv(command, copy), None, env, timeout)
+
+
+def _read_text(path: str | None) -> str:
+    """The script file's text (bytes kept through surrogateescape), or stdin's."""
+    from vtorque.errors import UserError
+    if path is None:
+        data = sys.stdin.buffer.read() if sys.stdin is not None else b""
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UserError("the job script on standard input is not UTF-8 text") from None
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise UserError(f"cannot read the job script {path}: {exc.strerror or exc}") from None
+    return data.decode("utf-8", "surrogateescape")
+
+
 def _load_config():
     from vtorque import config as config_mod
     return config_mod.load(config_mod.resolve_path())
 
 
 def _system(config) -> str:
-    """batch.system, or for `auto` the first submit command found in batch.bin_dir."""
+    """batch.system, or for `auto` what batch.bin_dir holds: Slurm when sbatch and scontrol
+    are there (checked first, as vtorque.batch.base.detect does: Slurm's optional
+    slurm-torque package puts qsub wrappers next to them, and a job submitted through
+    those would carry no request the Slurm hooks can read), else Torque/OpenPBS (qsub)."""
     system = config.batch.system
     if system != "auto":
         return system
-    for name, command in (("torque", "qsub"), ("slurm", "sbatch")):
-        if os.access(os.path.join(config.batch.bin_dir, command), os.X_OK):
-            return name
+    from vtorque.batch.base import SLURM_MARKERS
+    if all(os.access(os.path.join(config.batch.bin_dir, c), os.X_OK) for c in SLURM_MARKERS):
+        return "slurm"
     return "torque"
 
 
@@ -120,21 +194,7 @@ def _command_path(config, system: str) -> str:
 
 def _read_script(parsed, qo):
     """The job script from its file or, as qsub does without a script argument, stdin."""
-    from vtorque.errors import UserError
-    if parsed.script is None:
-        data = sys.stdin.buffer.read() if sys.stdin is not None else b""
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise UserError("the job script on standard input is not UTF-8 text") from None
-    else:
-        try:
-            with open(parsed.script, "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            raise UserError(f"cannot read the job script {parsed.script}: "
-                            f"{exc.strerror or exc}") from None
-        text = data.decode("utf-8", "surrogateescape")
+    text = _read_text(parsed.script)
     prefix = qo.directive_prefix(parsed, os.environ)
     return qo.JobScript(parsed.script, text, qo.read_directives(text, prefix))
 
@@ -157,15 +217,16 @@ def _check_request(texts: list[str], config, qo):
     return encode_pairs(pairs), need
 
 
-def _run(argv: list[str], stdin: str | None, env) -> int:
+def _run(argv: list[str], stdin: str | None, env,
+         timeout: float | None = QSUB_TIMEOUT) -> int:
     """Run the submit command; pass its stdout, stderr and exit status on unchanged."""
     from vtorque import proc
     from vtorque.errors import CommandError, NodeError
     try:
-        result = proc.run(argv, timeout=QSUB_TIMEOUT, check=False, env=env, input=stdin)
+        result = proc.run(argv, timeout=timeout, check=False, env=env, input=stdin)
     except CommandError as exc:
         if exc.timed_out:
-            raise NodeError(f"{argv[0]} did not finish within {QSUB_TIMEOUT:.0f} s and was "
+            raise NodeError(f"{argv[0]} did not finish within {timeout or 0:.0f} s and was "
                             "stopped; check qstat before submitting again") from None
         raise NodeError(f"cannot run {argv[0]}: {exc.stderr.strip() or exc}") from None
     except UnicodeError:
@@ -182,18 +243,33 @@ def print_help() -> int:
     """The usage, then every -vm key with this site's default and limits."""
     from vtorque.errors import VtorqueError
     from vtorque.request import KEY_HELP, VM_KEYS
-    out = [USAGE, "",
-           "Submits a batch job whose script runs inside virtual machines that exist only",
-           "for the life of the job. Every qsub option is passed to qsub (interactive -I is",
-           "not supported). -vm requests may be repeated and may also be given as",
-           "'#PBS -vm key=value' lines in the script's leading directive block; a key may",
-           "be given only once. vsub raises -l nodes/ppn and -l mem so that each node holds",
-           "the guests plus the host's reserve, and prints exactly what qsub prints.", ""]
     site: dict[str, str] = {}
     try:
-        config = _load_config()
+        config, problem = _load_config(), None
     except VtorqueError as exc:
-        out.append(f"VM keys (site values are unavailable: {exc}):")
+        config, problem = None, exc
+    if config is not None and _system(config) == "slurm":
+        out = [USAGE_SLURM, "",
+               "Submits a batch job whose script runs inside virtual machines that exist",
+               "only for the life of the job. Every sbatch option is passed to sbatch",
+               "(script arguments and heterogeneous jobs are not supported). -vm (or --vm)",
+               "requests may be repeated and may also be given as '#VSUB -vm key=value'",
+               "lines in the script's leading comment block, next to its #SBATCH lines; a",
+               "key may be given only once. The request travels in the job's comment",
+               "(vtorque:...; a comment of yours is kept after it). vsub raises --mincpus",
+               "and --mem (or --mem-per-cpu) so that each node holds the guests plus the",
+               "host's reserve, and prints exactly what sbatch prints.", ""]
+    else:
+        out = [USAGE, "",
+               "Submits a batch job whose script runs inside virtual machines that exist",
+               "only for the life of the job. Every qsub option is passed to qsub",
+               "(interactive -I is not supported). -vm requests may be repeated and may",
+               "also be given as '#PBS -vm key=value' lines in the script's leading",
+               "directive block; a key may be given only once. vsub raises -l nodes/ppn and",
+               "-l mem so that each node holds the guests plus the host's reserve, and",
+               "prints exactly what qsub prints.", ""]
+    if config is None:
+        out.append(f"VM keys (site values are unavailable: {problem}):")
     else:
         site = _site_values(config)
         out.append(f"VM keys (site defaults and limits from {config.path}):")

@@ -1,4 +1,5 @@
-"""Stand-in batch-system commands for tests (Torque and OpenPBS cannot be installed here).
+"""Stand-in batch-system commands for tests (Torque and OpenPBS cannot be installed here;
+the Slurm ones let unit tests run without a running Slurm).
 
 Protocol (also in standin_db.py):
 - `install(kind, bin_dir, jobs=..., nodes=...)` symlinks tests/standins/<kind>/* into a
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 STANDINS = Path(__file__).resolve().parent
-KINDS = ("torque", "openpbs")
+KINDS = ("torque", "openpbs", "slurm")
 
 
 def install(kind: str, bin_dir: Path, jobs: dict[str, Any] | None = None,
