@@ -54,8 +54,12 @@ def guest_environment(env: Mapping[str, str], job_id: str) -> dict[str, str]:
     out.update({k: v for k, v in _TRANSLATED.items() if k in env or k == "PBS_NODEFILE"})
     out["VTORQUE_JOB_ID"] = job_id
     out["VTORQUE_HOSTFILE"] = GUEST_HOSTFILE
-    # mpirun in the guest finds every guest with no extra flags.
+    # mpirun in the guest finds every guest with no extra flags: the job's hostfile, ssh
+    # to start its daemons, and never the batch system's own launchers (SLURM_*/PBS_*
+    # name the hosts, not the guests, and there is no srun or TM inside a guest).
     out["OMPI_MCA_orte_default_hostfile"] = GUEST_HOSTFILE
+    out["OMPI_MCA_plm"] = "rsh"
+    out["OMPI_MCA_ras"] = "^slurm,tm"
     return out
 
 
