@@ -113,7 +113,8 @@ class Demo:
              "--python", sys.executable, "--config", str(config_path),
              "--job-shell", str(WORK / "job-shell")])
         run([str(REPO / "scripts/slurm-cluster"), "start", "--dir", str(WORK / "slurm"),
-             "--prolog", str(WORK / "hooks/prolog"), "--epilog", str(WORK / "hooks/epilog")])
+             "--prolog", str(WORK / "hooks/prolog"), "--epilog", str(WORK / "hooks/epilog"),
+             "--first-job-id", str(int(time.time()) % 90000 + 1000)])
         mpicc = shutil.which("mpicc") or "/usr/bin/mpicc"
         run([mpicc, "-o", str(work / "hello"), str(REPO / "tests/mpi/hello.c")])
         os.chown(work / "hello", UID, UID)

@@ -47,7 +47,7 @@ mpirun -np 2 --host "$(sed -n 1p "$PBS_NODEFILE"),$(sed -n 3p "$PBS_NODEFILE")" 
     assert sub.returncode == 0, sub.stderr
     [call] = cluster.submitted()
     job = cluster.harness.submit(["qsub", *call["argv"]], call.get("stdin") or script,
-                                 JOB_USER, job_id=sub.stdout.strip())
+                                 JOB_USER)
     run = cluster.harness.run(job)
     assert run.prologue == {"node1": 0, "node2": 0}, run.prologue_output
     assert run.exit_status == 0, run.stdout + run.stderr

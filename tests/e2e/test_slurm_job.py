@@ -9,6 +9,7 @@ node and requeues the job held; scancel during provisioning leaves nothing.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -134,8 +135,10 @@ def slurm_vm(libvirtd, test_pool, job_user):
                     "--python", sys.executable, "--config", str(cluster.config_path),
                     "--job-shell", str(root / "job-shell")],
                    check=True, capture_output=True, text=True, timeout=60)
+    first = random.randrange(10000, 90000) * 10     # ids unique to this cluster
     subprocess.run([SCRIPT, "start", "--dir", str(root / "slurm"), "--prolog",
-                    str(hooks / "prolog"), "--epilog", str(hooks / "epilog")],
+                    str(hooks / "prolog"), "--epilog", str(hooks / "epilog"),
+                    "--first-job-id", str(first)],
                    check=True, capture_output=True, text=True, timeout=120)
     try:
         yield cluster

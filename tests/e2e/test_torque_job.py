@@ -36,7 +36,7 @@ def test_two_node_job_runs_in_guest_rank0(torque_cluster):
     assert sub.returncode == 0, sub.stderr
     [call] = cluster.submitted()
     job = cluster.harness.submit(["qsub", *call["argv"]], call.get("stdin") or JOB_SCRIPT,
-                                 JOB_USER, job_id=sub.stdout.strip())
+                                 JOB_USER)
     run = cluster.harness.run(job)
     assert run.prologue == {"node1": 0, "node2": 0}, run.prologue_output
     assert run.exit_status == 0, run.stderr
@@ -60,8 +60,7 @@ def test_failing_script_status_arrives(torque_cluster):
     sub = cluster.vsub("-vm", "img=testguest", script=script)
     assert sub.returncode == 0, sub.stderr
     [call] = cluster.submitted()
-    job = cluster.harness.submit(["qsub", *call["argv"]], script, JOB_USER,
-                                 job_id=sub.stdout.strip())
+    job = cluster.harness.submit(["qsub", *call["argv"]], script, JOB_USER)
     run = cluster.harness.run(job)
     assert run.prologue == {"node1": 0}, run.prologue_output
     assert run.exit_status == 3

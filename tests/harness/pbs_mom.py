@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import pwd
+import random
 import shlex
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -77,7 +78,8 @@ class TorqueHarness:
         self.workdir = workdir
         self.prologalarm = prologalarm
         self.hook_env = hook_env or {}
-        self._next = 100
+        # Job numbers unique to this harness: simulated clusters share one libvirtd.
+        self._next = random.randrange(10000, 90000) * 10
 
     # --- pbs_server ---------------------------------------------------------------
     def submit(self, qsub_argv: list[str], script: str, user: str,

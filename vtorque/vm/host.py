@@ -96,14 +96,24 @@ class Host:
                 raise HypervisorError(f"cannot define network filter {name}: "
                                       f"{_message(exc)}") from None
 
-    def start_transient(self, xml: str) -> str:
-        """Create and start a transient domain; return its UUID."""
-        try:
-            dom = self._conn.createXML(xml, 0)
-            return dom.UUIDString()
-        except libvirt.libvirtError as exc:
-            raise HypervisorError(f"libvirt refused to start the guest: {_message(exc)}") \
-                from None
+    def start_transient(self, xml: str, attempts: int = 3) -> str:
+        """Create and start a transient domain; return its UUID.
+
+        Under load, QEMU now and then exits right after libvirt spawned it, with nothing
+        in its log ("process exited while connecting to monitor", seen here with several
+        guests starting at once under TCG). That one error is retried, bounded; every
+        other refusal fails at once."""
+        for attempt in range(attempts):
+            try:
+                return self._conn.createXML(xml, 0).UUIDString()
+            except libvirt.libvirtError as exc:
+                retry = exc.get_error_code() == libvirt.VIR_ERR_INTERNAL_ERROR and \
+                    "connecting to monitor" in (exc.get_error_message() or "")
+                if not retry or attempt + 1 == attempts:
+                    raise HypervisorError(f"libvirt refused to start the guest: "
+                                          f"{_message(exc)}") from None
+                time.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def state(self, name: str) -> str | None:
         """'running', 'shutoff', ... or None when no such domain exists."""
