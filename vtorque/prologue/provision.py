@@ -60,6 +60,7 @@ def provision(ctx: JobContext, config: Config, *, mother_superior: bool) -> Outc
     from vtorque.request import build_request, decode_pairs
 
     name = node_name(config)
+    log.info("job %s: provisioning on %s (run %d)", ctx.job_id, name, ctx.run_count)
     try:
         index = node_index(name, ctx.nodes)
         name = ctx.nodes[index]
