@@ -20,6 +20,7 @@ import os
 import re
 import shlex
 import sys
+import time
 from collections.abc import Mapping
 
 from vtorque import config as config_mod
@@ -28,6 +29,8 @@ from vtorque.errors import VtorqueError
 from vtorque.journal import JobPaths
 
 SSH = "/usr/bin/ssh"
+PROBE_ATTEMPTS = 4
+PROBE_PAUSE = 3.0
 GUEST_NODEFILE = "/etc/vtorque/nodefile"
 GUEST_HOSTFILE = "/etc/vtorque/hostfile"
 _SHELL = re.compile(r"/[A-Za-z0-9._/+-]+")
@@ -95,10 +98,22 @@ def run(script: str, env: Mapping[str, str], config_path: str | None) -> int:
     command = remote_command(guest_environment(env, job_id),
                              env.get("PBS_O_WORKDIR") or env.get("SLURM_SUBMIT_DIR"),
                              shell, shell_args)
-    argv = [SSH, "-F", os.path.join(paths.user_dir, "ssh_config"), "-T", rank0, command]
-    done = proc.run(argv, timeout=None, check=False, input=script, capture=False,
-                    env={"PATH": proc.SAFE_PATH, "HOME": env.get("HOME", "/"),
-                         "LC_ALL": "C"})
+    ssh = [SSH, "-F", os.path.join(paths.user_dir, "ssh_config"), "-T", rank0]
+    ssh_env = {"PATH": proc.SAFE_PATH, "HOME": env.get("HOME", "/"), "LC_ALL": "C"}
+    # ssh's own failures and the script's exit status 255 look alike: make sure the
+    # guest takes logins first (a busy node's guests can be slow to answer), bounded.
+    for attempt in range(PROBE_ATTEMPTS):
+        probe = proc.run([*ssh, "true"], timeout=120, check=False, env=ssh_env)
+        if probe.returncode == 0:
+            break
+        time.sleep(PROBE_PAUSE * (attempt + 1))
+    else:
+        reason = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else \
+            f"ssh exit status {probe.returncode}"
+        print(f"vtorque: job-shell: cannot log into guest {rank0}: {reason}", file=sys.stderr)
+        return 255
+    done = proc.run([*ssh, command], timeout=None, check=False, input=script,
+                    capture=False, env=ssh_env)
     if done.returncode == 255:
         print(f"vtorque: job-shell: ssh to guest {rank0} failed", file=sys.stderr)
     return done.returncode

@@ -87,25 +87,13 @@ def _main(argv: list[str]) -> int:
     env = {k: v for k, v in os.environ.items() if k != qo.JOB_VARIABLE}
     if submission.script_copy is None:
         return _run(submission.argv(command), submission.stdin, env)
-    import tempfile
-    from vtorque.errors import UserError
-    with tempfile.TemporaryDirectory(prefix="vsub.") as tmp:
-        # Same file name as the user's script: qsub names the job after it.
-        copy = os.path.join(tmp, os.path.basename(script.path or "STDIN"))
-        try:
-            fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(submission.script_copy.encode("utf-8", "surrogateescape"))
-        except OSError as exc:
-            raise UserError(f"cannot write a copy of the job script in {tmp}: "
-                            f"{exc.strerror or exc}") from None
-        return _run(submission.argv(command, copy), None, env)
+    return _run_with_copy(submission, command, env, QSUB_TIMEOUT,
+                          os.path.basename(script.path or "STDIN"))
 
 
 def _main_slurm(argv: list[str], config, qo) -> int:
     """vsub with sbatch: sbatch's options, the request in the job's comment, the script
     wrapped for the job shell (qsub_options, section Slurm)."""
-    from vtorque.errors import UserError
     parsed = qo.parse_sbatch_args(argv, environ=os.environ)
     if parsed.has("help"):
         return print_help()
@@ -130,19 +118,8 @@ def _main_slurm(argv: list[str], config, qo) -> int:
     timeout = None if submission.wait else QSUB_TIMEOUT
     if submission.script_copy is None:
         return _run(submission.argv(command), submission.stdin, env, timeout)
-    import tempfile
-    with tempfile.TemporaryDirectory(prefix="vsub.") as tmp:
-        # Same file name as the user's script: sbatch names the job after it.
-        name = submission.copy_name or os.path.basename(script.path or "STDIN")
-        copy = os.path.join(tmp, name)
-        try:
-            fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(submission.script_copy.encode("utf-8", "surrogateescape"))
-        except OSError as exc:
-            raise UserError(f"cannot write the job script for sbatch in {tmp}: "
-                            f"{exc.strerror or exc}") from None
-        return _run(submission.argv(command, copy), None, env, timeout)
+    return _run_with_copy(submission, command, env, timeout,
+                          submission.copy_name or os.path.basename(script.path or "STDIN"))
 
 
 def _read_text(path: str | None) -> str:
@@ -160,6 +137,23 @@ def _read_text(path: str | None) -> str:
     except OSError as exc:
         raise UserError(f"cannot read the job script {path}: {exc.strerror or exc}") from None
     return data.decode("utf-8", "surrogateescape")
+
+
+def _run_with_copy(submission, command: str, env: dict, timeout, name: str) -> int:
+    """Submit with the (rewritten) script passed as a private copy named like the user's
+    script, since qsub and sbatch name the job after the file."""
+    import tempfile
+    from vtorque.errors import UserError
+    with tempfile.TemporaryDirectory(prefix="vsub.") as tmp:
+        copy = os.path.join(tmp, name)
+        try:
+            fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(submission.script_copy.encode("utf-8", "surrogateescape"))
+        except OSError as exc:
+            raise UserError(f"cannot write a copy of the job script in {tmp}: "
+                            f"{exc.strerror or exc}") from None
+        return _run(submission.argv(command, copy), None, env, timeout)
 
 
 def _load_config():

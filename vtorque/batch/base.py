@@ -165,6 +165,24 @@ def _is_executable(path: str) -> bool:
 
 # --- registry and detection ------------------------------------------------------------------
 
+_ID_RANGE = re.compile(r"(\d{1,9})(?:-(\d{1,9}))?")
+
+
+def count_id_ranges(text: str) -> int:
+    """`0-3,8,10-11` (Torque exec_host slots, Slurm CPU_IDs) -> 7; ValueError otherwise."""
+    total = 0
+    for item in text.split(","):
+        match = _ID_RANGE.fullmatch(item.strip())
+        if not match:
+            raise ValueError(f"not a list of numbers and ranges: {text!r}")
+        low = int(match.group(1))
+        high = int(match.group(2)) if match.group(2) is not None else low
+        if high < low:
+            raise ValueError(f"descending range in {text!r}")
+        total += high - low + 1
+    return total
+
+
 _REGISTRY: dict[str, type[BatchSystem]] = {}
 
 

@@ -53,6 +53,7 @@ from vtorque.batch.base import (
     UnknownJobError,
     check_job_id,
     check_node_name,
+    count_id_ranges,
     node_note,
     register,
 )
@@ -180,17 +181,10 @@ def _expand_ranges(group: str, text: str) -> list[str]:
 
 def count_ids(text: str) -> int:
     """`0-3,8,10-11` (CPU_IDs) -> 7."""
-    total = 0
-    for item in text.split(","):
-        match = _RANGE.fullmatch(item.strip())
-        if not match:
-            raise NodeError(f"slurm: cannot read the CPU id list {text!r}")
-        low = int(match.group(1))
-        high = int(match.group(2)) if match.group(2) is not None else low
-        if high < low:
-            raise NodeError(f"slurm: descending CPU id range in {text!r}")
-        total += high - low + 1
-    return total
+    try:
+        return count_id_ranges(text)
+    except ValueError:
+        raise NodeError(f"slurm: cannot read the CPU id list {text!r}") from None
 
 
 # --- the request in the comment ------------------------------------------------------------

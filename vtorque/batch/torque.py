@@ -19,6 +19,7 @@ from vtorque.batch.base import (
     JobContext,
     check_job_id,
     check_node_name,
+    count_id_ranges,
     node_note,
     pick_job,
     register,
@@ -30,7 +31,6 @@ from vtorque.request import JOB_VARIABLE
 # characters of user-set values (Job_Name, -v variables) as they are, which would make
 # the whole document unparsable; they are dropped before parsing.
 _XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
-_RANGE = re.compile(r"(\d{1,9})(?:-(\d{1,9}))?")
 _USER = re.compile(r"[A-Za-z0-9_][^\s/:\x00-\x1f\x7f]{0,255}")
 
 
@@ -62,17 +62,11 @@ def _count_slots(spec: str, part: str, scheduler: str) -> int:
         if index.isdigit() and ncpus.isdigit() and len(ncpus) <= 9:
             return int(ncpus)
         raise NodeError(f"{scheduler}: cannot read exec_host part {part!r}")
-    count = 0
-    for item in spec.split(","):
-        m = _RANGE.fullmatch(item.strip())
-        if not m:
-            raise NodeError(f"{scheduler}: cannot read exec_host part {part!r}")
-        lo = int(m.group(1))
-        hi = int(m.group(2)) if m.group(2) is not None else lo
-        if hi < lo:
-            raise NodeError(f"{scheduler}: descending slot range in exec_host part {part!r}")
-        count += hi - lo + 1
-    return count
+    try:
+        return count_id_ranges(spec)
+    except ValueError as exc:
+        what = "descending slot range in" if "descending" in str(exc) else "cannot read"
+        raise NodeError(f"{scheduler}: {what} exec_host part {part!r}") from None
 
 
 def parse_variable_list(text: str) -> dict[str, str]:

@@ -61,7 +61,7 @@ def ssh_config(user: str, identity: str, known_hosts_path: str,
         "    StrictHostKeyChecking yes\n"
         "    BatchMode yes\n"
         "    LogLevel ERROR\n"
-        "    ConnectTimeout 20\n"
+        "    ConnectTimeout 60\n"
         # A guest that dies mid-job ends the session within a minute, not never.
         "    ServerAliveInterval 15\n"
         "    ServerAliveCountMax 4\n"
