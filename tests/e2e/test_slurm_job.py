@@ -245,3 +245,34 @@ def test_scancel_during_provisioning_leaves_nothing(slurm_vm):
                   lambda: slurm_vm.job(job)["JobState"] in FINISHED, timeout=120)
     slurm_vm.wait("nothing left", lambda: slurm_vm.leftovers(job) == [], timeout=120)
     assert "drain" not in slurm_vm.node_state()
+
+
+def test_bad_requests_never_reach_sbatch(slurm_vm):
+    before = slurm_vm.slurm("squeue", "-h", "-o", "%i").stdout.split()
+    for bad in ("vcpu=2", "vcpus=0", "img=../../etc/passwd", "ram=1T", "vcpus=1,vcpus=2"):
+        done = slurm_vm.vsub("#!/bin/sh\necho never\n", "-vm", bad)
+        assert done.returncode == 1, (bad, done.stdout, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+        assert done.stdout == ""
+    assert slurm_vm.slurm("squeue", "-h", "-o", "%i").stdout.split() == before
+
+
+def test_guest_that_never_answers_requeues_held_and_leaves_nothing(slurm_vm):
+    text = slurm_vm.config_path.read_text()
+    slow = yaml.safe_load(text)
+    slow["timeouts"]["guest_ready"] = 1      # no guest boots in 1 s under TCG
+    job = submitted_id(slurm_vm.vsub("#!/bin/sh\necho never\n", "-H", "-vm", "img=testguest"))
+    slurm_vm.config_path.write_text(yaml.safe_dump(slow))
+    node = slurm_vm.node()
+    try:
+        slurm_vm.slurm("scontrol", "release", job)
+        info = slurm_vm.wait(f"job {job} requeued held",
+                             lambda: (j := slurm_vm.job(job))["JobState"] == "PENDING"
+                             and "held" in j.get("Reason", "") and j, timeout=120)
+        assert "did not answer within 1 s" in info["_raw"]
+        slurm_vm.wait("nothing left", lambda: slurm_vm.leftovers(job) == [], timeout=60)
+    finally:
+        slurm_vm.config_path.write_text(text)
+        slurm_vm.slurm("scancel", job, check=False)
+        slurm_vm.slurm("scontrol", "update", f"nodename={node}", "state=resume", check=False)
+    slurm_vm.wait("node back in service", lambda: "drain" not in slurm_vm.node_state(), 60)
