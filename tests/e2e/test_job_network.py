@@ -6,6 +6,7 @@ sshd, probes run inside the guests as the job owner."""
 from __future__ import annotations
 
 import pwd
+import shutil
 import subprocess
 
 import pytest
@@ -25,6 +26,7 @@ def net_node(make_node, job_user):
     yield node
     for job in ("301", "302"):
         addresses.release(node.config, job)
+    shutil.rmtree(node.config.batch.shared_state_dir, ignore_errors=True)
 
 
 def in_guest(user_dir: str, guest: str, command: str) -> subprocess.CompletedProcess:
