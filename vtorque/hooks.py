@@ -85,13 +85,18 @@ def _torque_prologue(adapter, config, job_id: str, args: list[str],
 
 
 def main(scheduler: str, event: str, args: list[str], config_path: str | None) -> int:
-    from vtorque import pbs_hooks, slurm_hooks
-    handlers = {"torque": torque, "openpbs": pbs_hooks.main, "slurm": slurm_hooks.main}
-    if scheduler not in handlers:
+    if scheduler not in ("torque", "openpbs", "slurm"):
         _say(f"vtorque: hooks for {scheduler!r} are not available")
         return 2
     try:
-        return handlers[scheduler](event, args, config_path)
+        # Import only the scheduler's own module: this runs for every job's epilogue.
+        if scheduler == "openpbs":
+            from vtorque.pbs_hooks import main as handler
+        elif scheduler == "slurm":
+            from vtorque.slurm_hooks import main as handler
+        else:
+            handler = torque
+        return handler(event, args, config_path)
     except Exception as exc:  # a bug must not leave the job in limbo: requeue, log it
         import traceback
         _say(f"vtorque: internal error in the {event} hook: {exc!r}")

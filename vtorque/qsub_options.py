@@ -397,17 +397,22 @@ def adjust_nodes(spec: str, need: Footprint, notes: list[str]) -> tuple[str, int
         total += int(first) if first.isdigit() else 1
         ppn_at = [i for i, f in enumerate(fields) if f.strip().lower().startswith("ppn=")]
         if ppn_at:
-            i = ppn_at[-1]
-            value = fields[i].split("=", 1)[1].strip()
-            if not value.isdigit():
-                raise UsageError(f"cannot read ppn in -l nodes={spec}")
-            if int(value) < need.cores:
-                notes.append(f"ppn {value} -> {need.cores}")
-                fields[i] = f"ppn={need.cores}"
+            _raise_count(fields, ppn_at[-1], "ppn", need.cores, f"nodes={spec}", notes)
         else:
             fields.append(f"ppn={need.cores}")
         parts.append(":".join(fields))
     return "+".join(parts), total
+
+
+def _raise_count(fields: list[str], i: int, key: str, minimum: int, where: str,
+                 notes: list[str]) -> None:
+    """fields[i] is `key=N`: raise N to `minimum` in place, noting the change."""
+    value = fields[i].split("=", 1)[1].strip()
+    if not value.isdigit():
+        raise UsageError(f"cannot read {key} in -l {where}")
+    if int(value) < minimum:
+        notes.append(f"{key} {value} -> {minimum}")
+        fields[i] = f"{key}={minimum}"
 
 
 def adjust_select(spec: str, need: Footprint, notes: list[str]) -> str:
@@ -419,13 +424,7 @@ def adjust_select(spec: str, need: Footprint, notes: list[str]) -> str:
         keys = {f.split("=", 1)[0].strip().lower(): i
                 for i, f in enumerate(fields) if i >= start and "=" in f}
         if "ncpus" in keys:
-            i = keys["ncpus"]
-            value = fields[i].split("=", 1)[1].strip()
-            if not value.isdigit():
-                raise UsageError(f"cannot read ncpus in -l select={spec}")
-            if int(value) < need.cores:
-                notes.append(f"ncpus {value} -> {need.cores}")
-                fields[i] = f"ncpus={need.cores}"
+            _raise_count(fields, keys["ncpus"], "ncpus", need.cores, f"select={spec}", notes)
         else:
             fields.append(f"ncpus={need.cores}")
         if "mem" in keys:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.cluster import JOB_UID, JOB_USER
+from tests.e2e.cluster import JOB_UID
 
 SOURCES = Path(__file__).resolve().parents[1] / "mpi"
 
@@ -43,11 +43,7 @@ mpirun -np 4 ./allreduce || exit 11
 mpirun -np 2 --host "$(sed -n 1p "$PBS_NODEFILE"),$(sed -n 3p "$PBS_NODEFILE")" \\
     ./pingpong 20 || exit 12
 """
-    sub = cluster.vsub("-l", "nodes=2", "-vm", "img=testguest", script=script)
-    assert sub.returncode == 0, sub.stderr
-    [call] = cluster.submitted()
-    job = cluster.harness.submit(["qsub", *call["argv"]], call.get("stdin") or script,
-                                 JOB_USER)
+    job = cluster.vsub_job("-l", "nodes=2", "-vm", "img=testguest", script=script)
     run = cluster.harness.run(job)
     assert run.prologue == {"node1": 0, "node2": 0}, run.prologue_output
     assert run.exit_status == 0, run.stdout + run.stderr

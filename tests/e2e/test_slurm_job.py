@@ -8,6 +8,7 @@ node and requeues the job held; scancel during provisioning leaves nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -208,10 +209,14 @@ def test_image_withdrawn_after_submit_cancels_without_draining(slurm_vm):
     slurm_vm.wait("teardown", lambda: slurm_vm.leftovers(job) == [], timeout=60)
 
 
-def test_node_fault_drains_and_requeues_held(slurm_vm):
+@contextlib.contextmanager
+def requeued_held(slurm_vm: SlurmVmCluster, change):
+    """Submit a held VM job, break the node's config with `change(config dict)`, release
+    the job and wait until Slurm requeued it held; yields (job id, its record). Restores
+    the config, cancels the job and puts the node back in service afterwards."""
     text = slurm_vm.config_path.read_text()
     broken = yaml.safe_load(text)
-    broken["libvirt_uri"] = "qemu:///system?socket=/nonexistent/libvirt-sock"
+    change(broken)
     job = submitted_id(slurm_vm.vsub("#!/bin/sh\necho never\n", "-H", "-vm", "img=testguest"))
     slurm_vm.config_path.write_text(yaml.safe_dump(broken))
     node = slurm_vm.node()
@@ -220,16 +225,24 @@ def test_node_fault_drains_and_requeues_held(slurm_vm):
         info = slurm_vm.wait(f"job {job} requeued held",
                              lambda: (j := slurm_vm.job(job))["JobState"] == "PENDING"
                              and "held" in j.get("Reason", "") and j, timeout=120)
-        assert info["JobState"] == "PENDING", info["_raw"]
-        assert "cannot connect to libvirt" in info["_raw"]
-        reasons = slurm_vm.slurm("sinfo", "-R", "-h", "-o", "%E").stdout
-        assert "vtorque" in reasons and "drain" in slurm_vm.node_state()
-        assert slurm_vm.leftovers(job) == []
+        yield job, info
     finally:
         slurm_vm.config_path.write_text(text)
         slurm_vm.slurm("scancel", job, check=False)
         slurm_vm.slurm("scontrol", "update", f"nodename={node}", "state=resume", check=False)
     slurm_vm.wait("node back in service", lambda: "drain" not in slurm_vm.node_state(), 60)
+
+
+def test_node_fault_drains_and_requeues_held(slurm_vm):
+    def unreachable_libvirt(cfg: dict) -> None:
+        cfg["libvirt_uri"] = "qemu:///system?socket=/nonexistent/libvirt-sock"
+
+    with requeued_held(slurm_vm, unreachable_libvirt) as (job, info):
+        assert info["JobState"] == "PENDING", info["_raw"]
+        assert "cannot connect to libvirt" in info["_raw"]
+        reasons = slurm_vm.slurm("sinfo", "-R", "-h", "-o", "%E").stdout
+        assert "vtorque" in reasons and "drain" in slurm_vm.node_state()
+        assert slurm_vm.leftovers(job) == []
 
 
 def test_scancel_during_provisioning_leaves_nothing(slurm_vm):
@@ -258,21 +271,9 @@ def test_bad_requests_never_reach_sbatch(slurm_vm):
 
 
 def test_guest_that_never_answers_requeues_held_and_leaves_nothing(slurm_vm):
-    text = slurm_vm.config_path.read_text()
-    slow = yaml.safe_load(text)
-    slow["timeouts"]["guest_ready"] = 1      # no guest boots in 1 s under TCG
-    job = submitted_id(slurm_vm.vsub("#!/bin/sh\necho never\n", "-H", "-vm", "img=testguest"))
-    slurm_vm.config_path.write_text(yaml.safe_dump(slow))
-    node = slurm_vm.node()
-    try:
-        slurm_vm.slurm("scontrol", "release", job)
-        info = slurm_vm.wait(f"job {job} requeued held",
-                             lambda: (j := slurm_vm.job(job))["JobState"] == "PENDING"
-                             and "held" in j.get("Reason", "") and j, timeout=120)
+    def impatient(cfg: dict) -> None:
+        cfg["timeouts"]["guest_ready"] = 1      # no guest boots in 1 s under TCG
+
+    with requeued_held(slurm_vm, impatient) as (job, info):
         assert "did not answer within 1 s" in info["_raw"]
         slurm_vm.wait("nothing left", lambda: slurm_vm.leftovers(job) == [], timeout=60)
-    finally:
-        slurm_vm.config_path.write_text(text)
-        slurm_vm.slurm("scancel", job, check=False)
-        slurm_vm.slurm("scontrol", "update", f"nodename={node}", "state=resume", check=False)
-    slurm_vm.wait("node back in service", lambda: "drain" not in slurm_vm.node_state(), 60)

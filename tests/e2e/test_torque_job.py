@@ -31,12 +31,8 @@ exit ${EXIT_WITH:-0}
 
 def test_two_node_job_runs_in_guest_rank0(torque_cluster):
     cluster = torque_cluster(2)
-    sub = cluster.vsub("-l", "nodes=2:ppn=2", "-vm", "img=testguest,vcpus=1,ram=256M",
-                       script=JOB_SCRIPT)
-    assert sub.returncode == 0, sub.stderr
-    [call] = cluster.submitted()
-    job = cluster.harness.submit(["qsub", *call["argv"]], call.get("stdin") or JOB_SCRIPT,
-                                 JOB_USER)
+    job = cluster.vsub_job("-l", "nodes=2:ppn=2", "-vm", "img=testguest,vcpus=1,ram=256M",
+                           script=JOB_SCRIPT)
     run = cluster.harness.run(job)
     assert run.prologue == {"node1": 0, "node2": 0}, run.prologue_output
     assert run.exit_status == 0, run.stderr
@@ -57,10 +53,7 @@ def test_failing_script_status_arrives(torque_cluster):
     cluster = torque_cluster(1)
     script = JOB_SCRIPT.replace("${EXIT_WITH:-0}", "3").replace("vms_per_node=2",
                                                                  "vms_per_node=1")
-    sub = cluster.vsub("-vm", "img=testguest", script=script)
-    assert sub.returncode == 0, sub.stderr
-    [call] = cluster.submitted()
-    job = cluster.harness.submit(["qsub", *call["argv"]], script, JOB_USER)
+    job = cluster.vsub_job("-vm", "img=testguest", script=script)
     run = cluster.harness.run(job)
     assert run.prologue == {"node1": 0}, run.prologue_output
     assert run.exit_status == 3
