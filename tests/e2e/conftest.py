@@ -45,8 +45,10 @@ def libvirtd():
     script = str(REPO / "scripts" / "netns-libvirtd")
     status = subprocess.run([script, "status", NETNS], capture_output=True, text=True)
     started_here = status.returncode != 0
-    subprocess.run([script, "start", NETNS], check=True, capture_output=True, text=True,
-                   timeout=60)
+    started = subprocess.run([script, "start", NETNS], capture_output=True, text=True,
+                             timeout=180)
+    if started.returncode != 0:
+        pytest.fail(f"scripts/netns-libvirtd start failed: {started.stderr.strip()}")
     yield "qemu:///system"
     if started_here:
         subprocess.run([script, "stop", NETNS], check=False, capture_output=True, timeout=60)
