@@ -1,10 +1,11 @@
 """Fixtures for tests that boot real guests through a real libvirtd under QEMU TCG.
 
 libvirtd runs inside a network namespace this test session creates (scripts/netns-libvirtd),
-so guest networks exist only there. All guest tests share one xdist group, so a single
-worker owns libvirtd and the guests; other workers run unit tests meanwhile. Whatever a
-test starts is torn down by the fixture, pass or fail, and the session stops the libvirtd
-it started (by pid file) at the end.
+so guest networks exist only there. scripts/test runs these tests in one serial pytest
+process after the unit tests (xdist's loadgroup did not keep them on one worker with this
+pytest), so exactly one process owns libvirtd and the guests. Whatever a test starts is
+torn down by the fixture, pass or fail, and the session stops the libvirtd it started (by
+pid file) at the end.
 """
 
 from __future__ import annotations
@@ -28,13 +29,6 @@ POOL = os.environ.get("VTORQUE_TEST_POOL", "/var/lib/vtorque/test-images")
 # path to the job directories, which pytest's 0700 /tmp/pytest-of-root forbids.
 WORK_ROOT = Path("/var/tmp/vtorque-tests")
 VTORQUE = [sys.executable, "-m", "vtorque.cli"]
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if "e2e" in item.nodeid.split("/"):
-            item.add_marker(pytest.mark.xdist_group("guests"))
-            item.add_marker(pytest.mark.guests)
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,9 @@ from vtorque.prologue.guests import bring_up, write_user_files
 from vtorque.request import parse_request
 from vtorque.vm import addresses, lifecycle
 
+# Guest tests run in one serial pytest process (scripts/test), never under xdist.
+pytestmark = pytest.mark.guests
+
 
 @pytest.fixture
 def net_node(make_node, job_user):

@@ -17,6 +17,9 @@ import pytest
 
 from tests.e2e.cluster import JOB_UID
 
+# Guest tests run in one serial pytest process (scripts/test), never under xdist.
+pytestmark = pytest.mark.guests
+
 SOURCES = Path(__file__).resolve().parents[1] / "mpi"
 
 

@@ -22,6 +22,9 @@ from vtorque.journal import JobPaths
 from vtorque.vm import lifecycle
 from vtorque.vm.host import Host
 
+# Guest tests run in one serial pytest process (scripts/test), never under xdist.
+pytestmark = pytest.mark.guests
+
 REQUEST = "img=testguest,vcpus=1,ram=256M,vms_per_node=2"
 
 

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+# Guest tests run in one serial pytest process (scripts/test), never under xdist.
+pytestmark = pytest.mark.guests
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = str(REPO / "scripts" / "slurm-cluster")
 NODES = ["n1", "n2"]

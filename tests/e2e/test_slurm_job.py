@@ -27,6 +27,9 @@ from vtorque import config as config_mod
 from vtorque.journal import JobPaths
 from vtorque.vm.host import Host
 
+# Guest tests run in one serial pytest process (scripts/test), never under xdist.
+pytestmark = pytest.mark.guests
+
 SCRIPT = str(REPO / "scripts" / "slurm-cluster")
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
 

@@ -8,6 +8,8 @@ contrib/torque_hooks/install; qstat/pbsnodes are the stand-ins in tests/standins
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import subprocess
 from pathlib import Path
@@ -16,6 +18,9 @@ from tests.e2e.cluster import JOB_UID, JOB_USER
 from tests.standins import calls
 from vtorque.journal import JobPaths
 from vtorque.vm.host import Host
+
+# Guest tests run in one serial pytest process (scripts/test), never under xdist.
+pytestmark = pytest.mark.guests
 
 JOB_SCRIPT = """#!/bin/sh
 #PBS -N vmjob
