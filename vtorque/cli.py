@@ -103,6 +103,38 @@ def cmd_vm_down(args) -> int:
     return 0
 
 
+def cmd_ib_list(args) -> int:
+    """The node's RDMA adapters, their functions and which job holds each."""
+    from vtorque.ibverbs import pool, sysfs
+    cfg = _load(args)
+    ib = cfg.ibverbs
+    hcas = sysfs.discover(ib.sysfs_root)
+    held = {a.pci: a for a in pool.assignments(cfg)}
+    usable = {h.name for h in sysfs.usable(hcas, ib.devices)}
+    if not hcas:
+        print("no InfiniBand or RoCE adapter on this node")
+    for hca in hcas:
+        ports = ", ".join(f"port {p.number} {p.state or '?'} {p.link_layer} {p.rate}".rstrip()
+                          for p in hca.ports)
+        free = sum(1 for vf in hca.vfs if vf.pci not in held and vf.driver != "vfio-pci")
+        use = "used for guests" if hca.name in usable else "not used for guests"
+        print(f"{hca.name}\t{hca.pci}\t{hca.hca_type} fw {hca.fw_ver}\t{ports}")
+        print(f"  SR-IOV: {hca.sriov_enabled} of {hca.sriov_total} functions enabled, "
+              f"{free} free, {use}")
+        for vf in hca.vfs:
+            a = held.get(vf.pci)
+            who = f"job {a.job_id} rank {a.rank} (port GUID {a.port_guid})" if a else \
+                ("busy: bound to vfio-pci outside vtorque" if vf.driver == "vfio-pci"
+                 else "free")
+            print(f"  vf{vf.index}\t{vf.pci}\t{vf.driver or 'unbound'}\t{who}")
+    fallback = "allowed" if ib.soft_roce else "not allowed"
+    print(f"Soft-RoCE fallback: {fallback}")
+    stale = [a for a in held.values() if a.hca not in {h.name for h in hcas}]
+    for a in stale:
+        print(f"assigned but not present: {a.pci} ({a.hca}) job {a.job_id}")
+    return 0
+
+
 def cmd_hook(args) -> int:
     from vtorque import hooks
     return hooks.main(args.scheduler, args.event, args.args, args.config)
@@ -159,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     vm_down = vm_sub.add_parser("down", help="destroy a job's guests and files (idempotent)")
     vm_down.add_argument("--job", required=True, help="job id")
     vm_down.set_defaults(func=cmd_vm_down)
+    ib = sub.add_parser("ib", help="RDMA adapters and virtual functions of this node")
+    ib_sub = ib.add_subparsers(dest="ib_command", required=True)
+    ib_sub.add_parser("list", help="adapters, ports, functions free or held by which job") \
+        .set_defaults(func=cmd_ib_list)
     hook = sub.add_parser("hook", help="batch-system hook entry (called by the shims in "
                           "contrib/)")
     hook.add_argument("scheduler", choices=("torque", "openpbs", "slurm"))

@@ -142,6 +142,30 @@ def _secret_path(value: Any) -> str:
     return _abs_path(value)
 
 
+def _names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError("expected a list of names")
+    return tuple(_name(item) for item in value)
+
+
+def _guid_prefix(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{2}:[0-9a-f]{2}", value.lower()):
+        raise ValueError("expected two hex octets such as 02:76")
+    return value.lower()
+
+
+def _pkey(value: Any) -> int:
+    # YAML reads 0x8001 as an integer already; a quoted "0x8001" is accepted too.
+    if isinstance(value, str):
+        try:
+            value = int(value, 0)
+        except ValueError:
+            raise ValueError("expected a partition key from 0x0001 to 0x7ffe, or 0") from None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0x7ffe:
+        raise ValueError("expected a partition key from 0x0001 to 0x7ffe, or 0")
+    return value
+
+
 @dataclass(frozen=True)
 class Field:
     check: Callable[[Any], Any]
@@ -236,6 +260,29 @@ SCHEMA: dict[str, dict[str, Field] | Field] = {
         "isolate_jobs": Field(_bool, True, "libvirt nwfilter per NIC: a guest talks IPv4 "
                               "only with its own job's guests and the gateway"),
     },
+    "ibverbs": {
+        "sriov": Field(_bool, True, "give vrdma guests SR-IOV virtual functions of this "
+                       "node's InfiniBand/RoCE adapters (VFIO passthrough)"),
+        "soft_roce": Field(_bool, False, "where no adapter with free SR-IOV functions exists, "
+                           "give vrdma guests Soft-RoCE (rdma_rxe on their virtio NIC): the "
+                           "same verbs API, far slower; false refuses such jobs"),
+        "devices": Field(_names, [], "adapters (e.g. mlx5_0) whose functions guests may get; "
+                         "empty: every adapter with SR-IOV enabled"),
+        "transport": Field(_choice(("ucx", "verbs")), "ucx",
+                           "how Open MPI in the guests uses RDMA: ucx (pml ucx) or verbs "
+                           "(btl openib)"),
+        "guid_prefix": Field(_guid_prefix, "02:76", "first two octets of the node and port "
+                             "GUIDs set on a job's functions (locally administered)"),
+        "pkey_first": Field(_pkey, 0, "first partition key handed to jobs, one per job "
+                            "(0: no per-job partition keys)"),
+        "pkey_last": Field(_pkey, 0, "last partition key handed to jobs"),
+        "partitions_dir": Field(_optional(_abs_path), None,
+                                "where the mother superior writes each job's OpenSM partition "
+                                "(<job>.conf: its key and its port GUIDs) for the subnet "
+                                "manager's host to merge; null: not written"),
+        "sysfs_root": Field(_abs_path, "/", "root under which sys/class/infiniband and "
+                            "sys/bus/pci are read (tests point it at a fake tree)"),
+    },
 }
 
 
@@ -272,6 +319,7 @@ class Config:
     timeouts: Section
     batch: Section
     network: Section
+    ibverbs: Section
 
 
 def resolve_path(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> str:
@@ -329,6 +377,13 @@ def parse(text: str, path: str = "<string>") -> Config:
         problems.append(f"network.pool_last: beyond the last host of {subnet}")
     if net["gateway"] and ipaddress.IPv4Address(net["gateway"]) not in subnet:
         problems.append(f"network.gateway: not inside network.subnet {subnet}")
+    ib = values["ibverbs"]
+    if bool(ib["pkey_first"]) != bool(ib["pkey_last"]) or ib["pkey_first"] > ib["pkey_last"]:
+        problems.append("ibverbs.pkey_first: must be at most ibverbs.pkey_last, both set or "
+                        "both 0")
+    if ib["soft_roce"] and net["mode"] == "none":
+        problems.append("ibverbs.soft_roce: Soft-RoCE runs over the guests' NIC; set "
+                        "network.mode")
     if problems:
         raise ConfigError(path, problems)
     sections = {k: Section(v) if isinstance(v, dict) else v for k, v in values.items()}

@@ -80,6 +80,10 @@ class GuestTimeout(NodeError):
     """A guest did not answer within the configured time."""
 
 
+class GuestError(NodeError):
+    """A guest reported that its own set-up failed (a vtorque-error console line)."""
+
+
 class ResourceError(NodeError):
     """The node lacks what the job needs now (disk space, free devices)."""
 

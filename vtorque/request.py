@@ -211,6 +211,10 @@ def build_request(pairs: Mapping[str, str], config: Config) -> VmRequest:
         # vTorque accepted a pinning file; a user-writable file cannot steer root.
         raise RequestError("-vm vcpu_pinning takes yes or no; pinning files are not "
                            "supported", key="vcpu_pinning")
+    vrdma = boolean("vrdma", d.vrdma)
+    if vrdma and not config.ibverbs.sriov and not config.ibverbs.soft_roce:
+        raise RequestError("-vm vrdma=yes: this cluster gives guests no RDMA "
+                           "(ibverbs.sriov and ibverbs.soft_roce are both off)", key="vrdma")
     return VmRequest(
         img=name("img", d.img),
         distro=name("distro", d.distro),
@@ -223,7 +227,7 @@ def build_request(pairs: Mapping[str, str], config: Config) -> VmRequest:
         disk_mib=size("disk", d.disk, 1, lim.disk, "limits.disk"),
         vm_prologue=guest_path("vm_prologue"),
         vm_epilogue=guest_path("vm_epilogue"),
-        vrdma=boolean("vrdma", d.vrdma),
+        vrdma=vrdma,
         fs_type=choice("fs_type", d.fs_type, FS_TYPES),
     )
 
@@ -274,3 +278,6 @@ def check_image_matches(request: VmRequest, image) -> None:
     if image.arch != request.arch:
         raise ImageError(f"image '{image.name}' is arch '{image.arch}', but the request "
                          f"asks for arch '{request.arch}'")
+    if request.vrdma and image.kind == "osv":
+        raise ImageError(f"image '{image.name}' is an OSv unikernel, which has no RDMA "
+                         "drivers; drop vrdma=yes or pick a Linux image")

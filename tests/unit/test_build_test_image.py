@@ -211,7 +211,10 @@ def test_the_host_side_contract_names() -> None:
         assert f"        {name}=*) " in text, name
     assert set(bti.CMDLINE_PARAMETERS) == {
         "vtorque.hostname", "vtorque.ready", "vtorque.net", "vtorque.ip", "vtorque.gw",
-        "vtorque.mtu", "vtorque.hostroot"}
+        "vtorque.mtu", "vtorque.hostroot", "vtorque.rdma"}
+    # The host side's name for the Soft-RoCE device and the guest's must agree.
+    from vtorque.ibverbs.transport import RXE_DEVICE
+    assert bti.RXE_DEVICE == RXE_DEVICE
 
 
 @needs_busybox
@@ -516,3 +519,17 @@ def test_a_damaged_image_is_rebuilt_identically(built: tuple[Path, str]) -> None
     summary = bti.build(pool, "testguest", version)
     assert summary.startswith("built testguest")
     assert initrd.read_bytes() == good  # the build is reproducible byte for byte
+
+
+@needs_busybox
+def test_job_environment_becomes_one_sshd_setenv_line(tmp_path: Path) -> None:
+    (tmp_path / "env").write_text("PBS_NODEFILE=/etc/vtorque/nodefile\nOMPI_MCA_btl=^openib\n")
+    (tmp_path / "bad").write_text("X=$(reboot)\n")
+    proc = run_functions('sshd_setenv env; echo "rc=$? failed=$failed"\n'
+                         'sshd_setenv missing; echo "rc=$?"\n'
+                         'sshd_setenv bad; echo "rc=$? failed=$failed"\n', tmp_path)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "SetEnv PBS_NODEFILE=/etc/vtorque/nodefile OMPI_MCA_btl=^openib"
+    assert lines[1:3] == ["rc=0 failed=", "rc=0"]
+    assert lines[3:] == ["vtorque-error job environment failed: bad value for X",
+                         "rc=1 failed=1"]

@@ -39,7 +39,8 @@ class Verdict:
 
 
 def local_jobs(config: Config) -> set[str]:
-    """Job ids this node holds domains or journals of."""
+    """Job ids this node holds domains, journals or virtual functions of."""
+    from vtorque.ibverbs import pool
     from vtorque.node import node_name
     from vtorque.vm.host import Host
     jobs: set[str] = set()
@@ -49,6 +50,7 @@ def local_jobs(config: Config) -> set[str]:
         entries = os.listdir(config.state_dir)
     except FileNotFoundError:
         entries = []
+    jobs.update(pool.assigned_jobs(config))
     for entry in entries:
         if entry.startswith(".") or entry.endswith(".user"):
             continue

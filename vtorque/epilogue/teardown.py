@@ -14,19 +14,27 @@ from collections.abc import Callable
 
 from vtorque.config import Config
 from vtorque.errors import VtorqueError
+from vtorque.ibverbs import VF_LEDGER
 from vtorque.journal import JobPaths
 from vtorque.prologue import handoff
 from vtorque.node import node_name as _node_name
 
 
 def has_local_state(job_id: str, config: Config) -> bool:
-    """True when this node holds files of the job (job dir, ramdisk dir, user dir, lock).
+    """True when this node holds files of the job (job dir, ramdisk dir, user dir, lock)
+    or virtual functions assigned to it.
 
     Guests are only ever started after their job directory exists, and teardown keeps the
     directory until every guest is gone, so no local state means no guests here."""
     paths = JobPaths.for_job(job_id, config.state_dir, config.ramdisk_dir)
-    return any(os.path.lexists(p) for p in (paths.job_dir, paths.ramdisk_dir,
-                                            paths.user_dir, paths.lock))
+    if any(os.path.lexists(p) for p in (paths.job_dir, paths.ramdisk_dir,
+                                        paths.user_dir, paths.lock)):
+        return True
+    # Functions are assigned just before the job directory is made.
+    if not os.path.exists(os.path.join(config.state_dir, VF_LEDGER)):
+        return False
+    from vtorque.ibverbs import pool
+    return job_id in pool.assigned_jobs(config)
 
 
 def clean_node(job_id: str, config: Config, *, mother_superior: bool) -> list[str]:
@@ -40,14 +48,18 @@ def clean_node(job_id: str, config: Config, *, mother_superior: bool) -> list[st
         destroyed = lifecycle.down(job_id, config)
     handoff.withdraw(config, job_id, _node_name(config.node_name))
     if mother_superior:
+        from vtorque.ibverbs import pool
         handoff.clear(config, job_id)
         addresses.release(config, job_id)
+        pool.release_pkey(config, job_id)
     return destroyed
 
 
-def _holds_addresses(config: Config, job_id: str) -> bool:
+def _holds_cluster_pieces(config: Config, job_id: str) -> bool:
+    """The job still holds an address block or a partition key."""
+    from vtorque.ibverbs import pool
     from vtorque.vm import addresses
-    return job_id in addresses.allocated_jobs(config)
+    return job_id in addresses.allocated_jobs(config) or job_id in pool.pkey_jobs(config)
 
 
 def teardown(job_id: str, config: Config, *, mother_superior: bool,
@@ -55,7 +67,7 @@ def teardown(job_id: str, config: Config, *, mother_superior: bool,
     """The epilogue: clean_node, and on failure take the node offline. (ok, message)."""
     if not has_local_state(job_id, config) and \
             not os.path.lexists(handoff.job_dir(config, job_id)) and \
-            not (mother_superior and _holds_addresses(config, job_id)):
+            not (mother_superior and _holds_cluster_pieces(config, job_id)):
         return True, ""     # a job without VMs here: the common case, kept cheap
     from vtorque.log import node_logger
     log = node_logger(config)

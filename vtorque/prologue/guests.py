@@ -37,8 +37,10 @@ def bring_up(job_id: str, request: VmRequest, config: Config, *, user: str | Non
     """Start this node's guests of the job, each knowing the whole job: addresses, hosts,
     hostfiles and (when `user` is given) the job's SSH trust."""
     block = None
+    total = node_count * request.vms_per_node
     if config.network.mode != "none":
-        block = addr.allocate(config, job_id, node_count * request.vms_per_node)
+        block = addr.allocate(config, job_id, total)
+    rdma, rdma_env = rdma_plan(job_id, request, config, total)
     secret = sshkeys.read_secret(config.secret_file) if user else None
     guests = job_guests(job_id, request, node_count, block, secret)
     hosts = hostfile.hosts_lines(guests)
@@ -56,12 +58,24 @@ def bring_up(job_id: str, request: VmRequest, config: Config, *, user: str | Non
                           nodefile=nodes_file, user=user if user_key else None,
                           user_key_private=user_key.private_openssh if user_key else None,
                           known_hosts=known,
-                          env=(("PBS_NODEFILE", "/etc/vtorque/nodefile"),))
+                          env=(("PBS_NODEFILE", "/etc/vtorque/nodefile"),) + rdma_env)
 
     result = lifecycle.up(job_id, request, config,
                           first_rank=node_index * request.vms_per_node,
-                          addresses=block, extras=extras)
+                          addresses=block, extras=extras, rdma=rdma)
     return result, guests
+
+
+def rdma_plan(job_id: str, request: VmRequest, config: Config, guests: int
+              ) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+    """The job's RDMA transport on this node and the guests' environment for it; with
+    SR-IOV also the job's partition key (when the site hands them out)."""
+    if not request.vrdma:
+        return None, ()
+    from vtorque.ibverbs import pool, sysfs, transport
+    rdma = transport.choose(True, sysfs.discover(config.ibverbs.sysfs_root), config.ibverbs)
+    pkey = pool.allocate_pkey(config, job_id, guests) if rdma == transport.SRIOV else None
+    return rdma, transport.job_environment(rdma, config.ibverbs.transport, pkey)
 
 
 def write_user_files(job_id: str, config: Config, user: str,

@@ -11,16 +11,14 @@ epilogue releases the block; the reaper releases blocks of jobs that no longer e
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 from dataclasses import dataclass
 
 from vtorque.config import Config
 from vtorque.errors import NodeError, ResourceError
-from vtorque.files import atomic_write, ensure_parent_dirs
+from vtorque.ledger import Ledger
 
 ALLOCATIONS = "addresses.json"
-LOCK_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -46,71 +44,42 @@ def _pool(config: Config) -> tuple[ipaddress.IPv4Network, int, int]:
     return net, first, last
 
 
-def _paths(config: Config) -> tuple[str, str]:
+def _ledger(config: Config) -> Ledger:
     base = config.batch.shared_state_dir
-    return os.path.join(base, ALLOCATIONS), os.path.join(base, ".addresses.lock")
-
-
-def _load(path: str) -> dict[str, list[int]]:
-    try:
-        with open(path) as handle:
-            data = json.load(handle)
-        return {str(k): [int(v[0]), int(v[1])] for k, v in data.items()}
-    except FileNotFoundError:
-        return {}
-    except (ValueError, TypeError, AttributeError, IndexError, KeyError):
-        # Not JSON, or JSON of another shape ([], {"job": 5}, null): never guess.
-        raise NodeError(f"address allocations {path} are corrupt; fix or remove it") from None
+    return Ledger(os.path.join(base, ALLOCATIONS), "address allocations",
+                  lock_path=os.path.join(base, ".addresses.lock"),
+                  check=lambda v: [int(v[0]), int(v[1])])
 
 
 def allocate(config: Config, job_id: str, size: int) -> AddressBlock:
     """The job's block (allocated now if it has none): first fit in the pool."""
-    import filelock
     net, first, last = _pool(config)
     gateway = config.network.gateway
-    path, lock_path = _paths(config)
-    ensure_parent_dirs(os.path.dirname(path), 0o755)
-    try:
-        with filelock.FileLock(lock_path, timeout=LOCK_TIMEOUT):
-            table = _load(path)
-            if job_id in table:
-                start, have = table[job_id]
-                if have < size:
-                    raise NodeError(f"job {job_id} holds {have} addresses but needs {size}")
-                return AddressBlock(job_id, start, have, net.prefixlen, gateway)
-            start = first
-            for used_start, used_size in sorted(table.values()):
-                if start + size <= used_start:
-                    break
-                start = max(start, used_start + used_size)
-            if start + size - 1 > last:
-                raise ResourceError(f"no {size} free guest addresses left in {net} "
-                                    f"(network.pool_first..pool_last); running jobs hold "
-                                    f"{sum(s for _, s in table.values())}")
-            table[job_id] = [start, size]
-            atomic_write(path, json.dumps(table, sort_keys=True), mode=0o644)
-            return AddressBlock(job_id, start, size, net.prefixlen, gateway)
-    except filelock.Timeout:
-        raise NodeError(f"address allocation lock {lock_path} busy for {LOCK_TIMEOUT:g} s") \
-            from None
+    with _ledger(config).change() as table:
+        if job_id in table:
+            start, have = table[job_id]
+            if have < size:
+                raise NodeError(f"job {job_id} holds {have} addresses but needs {size}")
+            return AddressBlock(job_id, start, have, net.prefixlen, gateway)
+        start = first
+        for used_start, used_size in sorted(table.values()):
+            if start + size <= used_start:
+                break
+            start = max(start, used_start + used_size)
+        if start + size - 1 > last:
+            raise ResourceError(f"no {size} free guest addresses left in {net} "
+                                f"(network.pool_first..pool_last); running jobs hold "
+                                f"{sum(s for _, s in table.values())}")
+        table[job_id] = [start, size]
+        return AddressBlock(job_id, start, size, net.prefixlen, gateway)
 
 
 def release(config: Config, job_id: str) -> None:
     """Return the job's block to the pool; a job without one is fine."""
-    path, lock_path = _paths(config)
-    if not os.path.exists(path):
-        return
-    import filelock
-    try:
-        with filelock.FileLock(lock_path, timeout=LOCK_TIMEOUT):
-            table = _load(path)
-            if table.pop(job_id, None) is not None:
-                atomic_write(path, json.dumps(table, sort_keys=True), mode=0o644)
-    except filelock.Timeout:
-        raise NodeError(f"address allocation lock {lock_path} busy for {LOCK_TIMEOUT:g} s") \
-            from None
+    with _ledger(config).change(create=False) as table:
+        table.pop(job_id, None)
 
 
 def allocated_jobs(config: Config) -> list[str]:
     """Jobs currently holding a block (for the reaper)."""
-    return sorted(_load(_paths(config)[0]))
+    return sorted(_ledger(config).read())

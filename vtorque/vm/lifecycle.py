@@ -26,6 +26,8 @@ from vtorque import node
 from vtorque.config import Config
 from vtorque.errors import HypervisorError, NodeError, ResourceError, TeardownError, VtorqueError
 from vtorque.files import ensure_parent_dirs, make_dir, remove_file, remove_tree
+from vtorque.ibverbs import pool as vf_pool
+from vtorque.ibverbs.transport import SRIOV
 from vtorque.images import Catalog
 from vtorque.journal import JobPaths, Journal
 from vtorque.request import VmRequest, check_fits_node, check_image_matches, image_name
@@ -59,6 +61,7 @@ class UpResult:
     guests: list[Guest] = field(default_factory=list)
     seconds: float = 0.0
     image_kind: str = "linux"
+    rdma: str | None = None          # the RDMA transport the guests got here
 
 
 def paths_for(job_id: str, config: Config) -> JobPaths:
@@ -107,8 +110,12 @@ def _job_lock(paths: JobPaths):
 
 def up(job_id: str, request: VmRequest, config: Config, *, first_rank: int = 0,
        catalog: Catalog | None = None, addresses: AddressBlock | None = None,
-       extras: Callable[[GuestSpec], SeedExtras] | None = None) -> UpResult:
-    """Start this node's guests of `job_id` and wait until all answer."""
+       extras: Callable[[GuestSpec], SeedExtras] | None = None,
+       rdma: str | None = None) -> UpResult:
+    """Start this node's guests of `job_id` and wait until all answer.
+
+    `rdma` is the transport decided for the job here (ibverbs.transport.choose); with
+    SR-IOV each guest gets a virtual function, assigned under the job's lock."""
     started = time.monotonic()
     paths = paths_for(job_id, config)
     catalog = catalog or Catalog(config.image_pool,
@@ -120,16 +127,22 @@ def up(job_id: str, request: VmRequest, config: Config, *, first_rank: int = 0,
     _check_free_space(request, config)
     qemu_uid, qemu_gid = qemu_ids(config)
     tokens = [secrets.token_hex(8) for _ in range(request.vms_per_node)]
-    specs = build_guest_specs(paths=paths, request=request, image=image, config=config,
-                              domain_type=node.domain_type(config.hypervisor),
-                              first_rank=first_rank, tokens=tokens,
-                              qemu_uid=qemu_uid, qemu_gid=qemu_gid, addresses=addresses,
-                              node=node.node_name(config.node_name))
+    domain_type = node.domain_type(config.hypervisor)
     with _job_lock(paths), Host(config.libvirt_uri) as host:
         if host.tagged_domains(job_id, _node(config)) or os.path.lexists(paths.job_dir):
             # Left over from a killed prologue or a requeue: clear it, then start afresh.
             _teardown(paths, host, config)
         try:
+            functions = {}
+            if rdma == SRIOV:
+                ranks = list(range(first_rank, first_rank + request.vms_per_node))
+                functions = {a.rank: a.pci for a in vf_pool.assign(config, job_id, ranks)}
+            specs = build_guest_specs(paths=paths, request=request, image=image,
+                                      config=config, domain_type=domain_type,
+                                      first_rank=first_rank, tokens=tokens,
+                                      qemu_uid=qemu_uid, qemu_gid=qemu_gid,
+                                      addresses=addresses, node=_node(config), rdma=rdma,
+                                      functions=functions)
             return _provision(paths, specs, host, config, started, extras)
         except BaseException as exc:
             try:
@@ -183,7 +196,7 @@ def _provision(paths: JobPaths, specs: list[GuestSpec], host: Host, config: Conf
                     s.nic.mac if s.nic else None, round(ready[s.name], 3),
                     s.nic.address if s.nic else None) for s in specs]
     kind = "osv" if specs[0].template == "osv.xml.j2" else "linux"
-    return UpResult(paths.job_id, guests, time.monotonic() - started, kind)
+    return UpResult(paths.job_id, guests, time.monotonic() - started, kind, specs[0].rdma)
 
 
 def down(job_id: str, config: Config) -> list[str]:
@@ -229,9 +242,13 @@ def _teardown(paths: JobPaths, host: Host, config: Config) -> list[str]:
         else:
             failures.append(f"guest {name} still exists after destroy")
     if failures:
-        # Keep the journal and files: a later teardown (or the reaper) must still find
-        # the guests that would not go away.
+        # Keep the journal, files and functions: a later teardown (or the reaper) must
+        # still find the guests that would not go away.
         raise TeardownError(paths.job_id, failures)
+    try:
+        vf_pool.release(config, paths.job_id)   # libvirt has given them back to the host
+    except NodeError as exc:
+        failures.append(str(exc))
     for directory in (paths.user_dir, paths.job_dir, paths.ramdisk_dir):
         try:
             remove_tree(directory)

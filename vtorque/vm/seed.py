@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pycdlib
 import yaml
 
+from vtorque.ibverbs.transport import RXE_COMMANDS, SOFT_ROCE
 from vtorque.vm.spec import GuestSpec
 
 
@@ -55,7 +56,8 @@ def seed_documents(spec: GuestSpec, extras: SeedExtras | None = None) -> dict[st
         "ssh_pwauth": False,
         "chpasswd": {"expire": False},
         # The host waits for this line on the serial console (see vm/readiness.py).
-        "runcmd": [["sh", "-c", f"echo '{spec.ready_line}' > /dev/ttyS0"]],
+        "runcmd": [*(RXE_COMMANDS if spec.rdma == SOFT_ROCE else ()),
+                   ["sh", "-c", f"echo '{spec.ready_line}' > /dev/ttyS0"]],
     }
     write_files = []
     if extras.host_key_private:
@@ -66,9 +68,20 @@ def seed_documents(spec: GuestSpec, extras: SeedExtras | None = None) -> dict[st
     for name, key in extras.authorized_keys:
         write_files.append({"path": f"/etc/vtorque/authorized_keys/{name}",
                             "content": key + "\n", "permissions": "0644"})
+    sshd = []
     if extras.authorized_keys:
+        sshd.append("AuthorizedKeysFile /etc/vtorque/authorized_keys/%u\n")
+    if extras.env:
+        # Every login (the job's shell, mpirun's daemons on the other guests) gets the
+        # job environment; values are the host's own, free of spaces and quotes.
+        sshd.append("SetEnv " + " ".join(f"{k}={v}" for k, v in extras.env) + "\n")
+    if sshd:
         write_files.append({"path": "/etc/ssh/sshd_config.d/vtorque.conf", "permissions": "0644",
-                            "content": "AuthorizedKeysFile /etc/vtorque/authorized_keys/%u\n"})
+                            "content": "".join(sshd)})
+    if spec.rdma:
+        # Verbs pin the memory they register.
+        write_files.append({"path": "/etc/security/limits.d/vtorque-rdma.conf",
+                            "permissions": "0644", "content": "* - memlock unlimited\n"})
     if extras.hosts:
         write_files.append({"path": "/etc/hosts", "append": True, "content": extras.hosts})
     if extras.known_hosts:

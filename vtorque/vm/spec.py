@@ -21,6 +21,10 @@ from vtorque.vm.addresses import AddressBlock
 READY_PREFIX = "vtorque-ready"
 HOSTROOT_TAG = "hostroot"
 OSV_API_PORT = 8000
+# What QEMU itself needs locked beyond the guest's RAM when a guest has VFIO devices
+# (libvirt's own default when it sizes the limit).
+VFIO_OVERHEAD_MIB = 1024
+_PCI = re.compile(r"([0-9a-f]{4}):([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])")
 # Our <metadata> namespace: every domain vtorque starts carries <vt:job id=... rank=...>.
 METADATA_NS = "urn:x-vtorque:job:1"
 
@@ -78,6 +82,24 @@ class GuestSpec:
     host_share: bool = False         # 9p share of the node's root, read-only, tag hostroot
     # OSv prints no ready line of ours: it is ready when its REST API answers here.
     ready_url: str | None = None
+    rdma: str | None = None          # sriov | soft-roce | None
+    hostdevs: tuple[str, ...] = ()   # PCI addresses of functions passed through (VFIO)
+
+    @property
+    def hostdev_addresses(self) -> tuple[tuple[str, str, str, str], ...]:
+        """(domain, bus, slot, function) in hex of each passed-through function."""
+        out = []
+        for pci in self.hostdevs:
+            match = _PCI.fullmatch(pci)
+            if not match:
+                raise ValueError(f"not a PCI address: {pci!r}")
+            out.append(match.groups())
+        return tuple(out)
+
+    @property
+    def locked_memory_mib(self) -> int:
+        """VFIO pins all guest memory: lock it, with QEMU's overhead as the hard limit."""
+        return self.memory_mib + VFIO_OVERHEAD_MIB if self.hostdevs else 0
 
     @property
     def ready_line(self) -> str:
@@ -115,8 +137,13 @@ def build_guest_specs(*, paths: JobPaths, request: VmRequest, image: Image, conf
                       domain_type: str, first_rank: int, tokens: list[str],
                       qemu_uid: int, qemu_gid: int,
                       addresses: AddressBlock | None = None,
-                      node: str = "") -> list[GuestSpec]:
-    """Specs for the `request.vms_per_node` guests of this node, ranks from `first_rank`."""
+                      node: str = "", rdma: str | None = None,
+                      functions: dict[int, str] | None = None) -> list[GuestSpec]:
+    """Specs for the `request.vms_per_node` guests of this node, ranks from `first_rank`.
+
+    `rdma` is the job's transport here; `functions` maps a rank to the PCI address of the
+    virtual function it gets (SR-IOV)."""
+    functions = functions or {}
     if len(tokens) != request.vms_per_node:
         raise ValueError("one ready token per guest is needed")
     disk_dir = paths.ramdisk_dir if request.fs_type == "ramdisk" else paths.job_dir
@@ -165,11 +192,16 @@ def build_guest_specs(*, paths: JobPaths, request: VmRequest, image: Image, conf
                 extra.append("vtorque.net=dhcp")
             if image.host_share:
                 extra.append(f"vtorque.hostroot={HOSTROOT_TAG}")
+            if rdma == "soft-roce":
+                extra.append("vtorque.rdma=rxe")
             cmdline = " ".join(filter(None, [image.cmdline, *extra]))
+        hostdevs = (functions[rank],) if rank in functions else ()
         specs.append(GuestSpec(
             job_id=paths.job_id, rank=rank, node=node, name=name, hostname=host,
             template="osv.xml.j2" if image.kind == "osv" else "linux.xml.j2",
-            domain_type=domain_type, machine=config.machine_type,
+            domain_type=domain_type,
+            # PCIe passthrough wants a PCIe machine, whatever the site's default.
+            machine="q35" if hostdevs else config.machine_type,
             vcpus=request.vcpus, memory_mib=request.ram_mib,
             cpuset=pinned_cores(config, request, index),
             kernel=image.kernel.path if image.kernel else None,
@@ -183,5 +215,6 @@ def build_guest_specs(*, paths: JobPaths, request: VmRequest, image: Image, conf
             ready_token=tokens[index], qemu_uid=qemu_uid, qemu_gid=qemu_gid,
             image_name=image.name, distro=image.distro, host_share=image.host_share,
             ready_url=(f"http://{nic.address}:{OSV_API_PORT}/os/version"
-                       if image.kind == "osv" and nic and nic.address else None)))
+                       if image.kind == "osv" and nic and nic.address else None),
+            rdma=rdma, hostdevs=hostdevs))
     return specs

@@ -1,0 +1,82 @@
+"""RDMA between real guests over Soft-RoCE: the verbs path that SR-IOV guests use, proven
+where no InfiniBand hardware exists. One job, two guests on one simulated Torque node,
+`-vm vrdma=yes`; this machine has no HCA, so the node falls back to Soft-RoCE (allowed by
+its config). Inside the job: `ibv_devices` lists rxe0 in both guests, perftest's
+ib_write_bw and ib_write_lat run between them over RDMA (rdma_cm), and an MPI ping-pong
+runs with the environment vtorque set, the user setting nothing. (Open MPI's own RDMA
+paths fail over rdma_rxe here, see ibverbs/transport.py: its traffic stays on TCP, and the
+environment says so, rather than letting Open MPI pick UCX and abort.)
+
+A second test: vrdma=yes where neither SR-IOV hardware nor the fallback is allowed is
+refused at submit time, nothing submitted.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.e2e.test_mpi_across_guests import compile_programs
+
+pytestmark = pytest.mark.guests
+
+SCRIPT = """#!/bin/sh
+#PBS -N rdma
+#PBS -vm vms_per_node=2,vcpus=1,ram=320M,vrdma=yes
+cd "$PBS_O_WORKDIR"
+peer=$(sed -n 2p "$PBS_NODEFILE")
+echo "transport=$VTORQUE_RDMA device=$VTORQUE_RDMA_DEVICE pml=$OMPI_MCA_pml btl=$OMPI_MCA_btl"
+echo "memlock=$(ulimit -l)"
+echo "rank0-devices: $(ibv_devices | awk 'NR>2 {print $1}' | tr '\\n' ' ')"
+echo "rank1-devices: $(ssh "$peer" "ibv_devices | awk 'NR>2 {print \\$1}'" | tr '\\n' ' ')"
+# perftest: server on rank 1, client here; rdma_cm finds the peer's GID from its address.
+ssh "$peer" "timeout 120 ib_write_bw -d rxe0 -R -F -n 200 -s 65536 >/dev/null 2>&1" &
+sleep 2
+timeout 120 ib_write_bw -d rxe0 -R -F -n 200 -s 65536 "$peer" > bw.out 2>&1
+echo "ib_write_bw status=$?"
+wait
+ssh "$peer" "timeout 120 ib_write_lat -d rxe0 -R -F -n 200 -s 8 >/dev/null 2>&1" &
+sleep 2
+timeout 120 ib_write_lat -d rxe0 -R -F -n 200 -s 8 "$peer" > lat.out 2>&1
+echo "ib_write_lat status=$?"
+wait
+cat bw.out lat.out
+mpirun -np 2 --host "$(sed -n 1p "$PBS_NODEFILE"),$peer" ./pingpong 20 || exit 12
+"""
+
+
+def test_soft_roce_verbs_perftest_and_mpi_between_two_guests(torque_cluster):
+    cluster = torque_cluster(1, ibverbs={"soft_roce": True})
+    compile_programs(cluster.workdir)
+    job = cluster.vsub_job("-vm", "img=testguest", script=SCRIPT)
+    run = cluster.harness.run(job)
+    out = run.stdout + run.stderr
+    assert run.prologue == {"node1": 0}, run.prologue_output
+    assert run.exit_status == 0, out
+    assert "transport=soft-roce device=rxe0 pml=ob1 btl=tcp,vader,self" in out
+    assert "memlock=unlimited" in out
+    assert re.search(r"rank0-devices: rxe0 ", out), out
+    assert re.search(r"rank1-devices: rxe0 ", out), out
+    assert "ib_write_bw status=0" in out and "ib_write_lat status=0" in out, out
+    # perftest's result lines: "#bytes #iterations BW peak[MB/sec] BW average ..." and
+    # "#bytes #iterations t_min[usec] t_max t_typical t_avg ...".
+    bw = re.search(r"^\s*65536\s+200\s+([\d.]+)\s+([\d.]+)", out, re.M)
+    lat = re.search(r"^\s*8\s+200\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", out, re.M)
+    assert bw and float(bw.group(2)) > 0, out
+    assert lat and float(lat.group(3)) > 0, out
+    num = job["id"].split(".")[0]
+    [ping] = re.findall(r"pingpong from=(\S+) to=(\S+) latency_us=([\d.]+) "
+                        r"bandwidth_MBps=([\d.]+)", out)
+    assert (ping[0], ping[1]) == (f"vt{num}-0", f"vt{num}-1")
+    assert run.epilogue == {"node1": 0}
+    assert cluster.leftovers(job["id"]) == []
+
+
+def test_vrdma_refused_at_submit_when_the_site_offers_no_rdma(torque_cluster):
+    cluster = torque_cluster(1, ibverbs={"sriov": False, "soft_roce": False})
+    sub = cluster.vsub("-vm", "img=testguest,vrdma=yes", script="#!/bin/sh\ntrue\n")
+    assert sub.returncode != 0
+    assert "vrdma" in sub.stderr and "no RDMA" in sub.stderr, sub.stderr
+    assert len(sub.stderr.strip().splitlines()) == 1, sub.stderr
+    assert cluster.submitted() == []
