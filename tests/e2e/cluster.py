@@ -131,12 +131,15 @@ class Cluster:
             for path in (paths.job_dir, paths.ramdisk_dir, paths.user_dir, paths.lock):
                 if os.path.lexists(path):
                     found.append(f"{node.name}:{path}")
+            from vtorque.ibverbs import pool
+            found += [f"{node.name}: function {a.pci}" for a in pool.assignments(cfg)
+                      if a.job_id == job_id]
         shared = self.root / "shared"
         if shared.exists():
             for entry in shared.iterdir():
-                if entry.name == "addresses.json":
+                if entry.name in ("addresses.json", "pkeys.json"):
                     if job_id in json.loads(entry.read_text()):
-                        found.append(f"address block of {job_id}")
+                        found.append(f"{entry.name} entry of {job_id}")
                 elif not entry.name.startswith("."):
                     found.append(str(entry))
         return found
