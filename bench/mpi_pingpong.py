@@ -15,26 +15,14 @@ Usage: bench/mpi_pingpong.py [--iterations N]
 from __future__ import annotations
 
 import argparse
-import os
-import pwd
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import yaml
+from guestbench import compile_pingpong, guests
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from vtorque import config as config_mod  # noqa: E402
-from vtorque.prologue.guests import bring_up, write_user_files  # noqa: E402
-from vtorque.request import parse_request  # noqa: E402
-from vtorque.vm import addresses, lifecycle  # noqa: E402
-
-USER = "vtjob"
 LINE = re.compile(r"latency_us=([\d.]+) bandwidth_MBps=([\d.]+)")
 
 
@@ -49,47 +37,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=50, choices=range(5, 1001))
     args = parser.parse_args()
-    account = pwd.getpwnam(USER)
-    work = Path(tempfile.mkdtemp(prefix="vtorque-bench-mpi-", dir="/var/tmp"))
-    work.chmod(0o755)
-    secret = work / "secret"
-    secret.write_bytes(os.urandom(32))
-    secret.chmod(0o600)
-    program = work / "pingpong"
-    subprocess.run(["mpicc", "-O2", "-o", str(program), str(REPO / "tests/mpi/pingpong.c")],
-                   check=True)
-    os.chown(work, account.pw_uid, account.pw_gid)
-    config_path = work / "vtorque.yaml"
-    config_path.write_text(yaml.safe_dump({
-        "image_pool": os.environ.get("VTORQUE_TEST_POOL", "/var/lib/vtorque/test-images"),
-        "state_dir": str(work / "state"), "log_file": str(work / "log"),
-        "hypervisor": "qemu", "min_free_space": "64M", "secret_file": str(secret),
-        "host_reserve": {"cores": 0, "memory": "512M"},
-        "defaults": {"img": "testguest", "ram": "256M"},
-        "network": {"mode": "network", "name": "vtorque", "pool_first": 200,
-                    "pool_last": 250},
-        "batch": {"shared_state_dir": str(work / "shared")}}))
-    config = config_mod.load(str(config_path))
-    job = f"bench-mpi-{os.getpid()}"
-    host_run = subprocess.run(["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2",
-                               str(program), str(args.iterations)],
-                              capture_output=True, text=True, timeout=300)
+    with tempfile.TemporaryDirectory(prefix="vtorque-bench-host-") as tmp:
+        host_run = subprocess.run(["mpirun", "--allow-run-as-root", "--oversubscribe", "-np",
+                                   "2", str(compile_pingpong(Path(tmp))),
+                                   str(args.iterations)],
+                                  capture_output=True, text=True, timeout=300)
     host_lat, host_bw = parse(host_run.stdout)
-    try:
-        _, guests = bring_up(job, parse_request("vms_per_node=2", config), config, user=USER)
-        user_dir = write_user_files(job, config, USER, guests)
-        command = (f"mpirun -np 2 --host {guests[0].hostname},{guests[1].hostname} "
-                   f"{program} {args.iterations}")
-        guest_run = subprocess.run(
-            ["ip", "netns", "exec", "vtorque-dev", "setpriv", f"--reuid={account.pw_uid}",
-             f"--regid={account.pw_gid}", "--init-groups", "--", "/usr/bin/ssh", "-F",
-             f"{user_dir}/ssh_config", guests[0].hostname, command],
-            capture_output=True, text=True, timeout=600)
-        guest_lat, guest_bw = parse(guest_run.stdout + guest_run.stderr)
-    finally:
-        lifecycle.down(job, config)
-        addresses.release(config, job)
-        shutil.rmtree(work, ignore_errors=True)
+    with guests("vms_per_node=2", name="mpi", pool=(200, 239)) as pair:
+        program = compile_pingpong(pair.work)
+        guest_run = pair.ssh(f"mpirun -np 2 --host {pair.hostnames[0]},{pair.hostnames[1]} "
+                             f"{program} {args.iterations}")
+    guest_lat, guest_bw = parse(guest_run.stdout + guest_run.stderr)
     print(f"iterations: {args.iterations} (8-byte round trips; 1 MiB messages for bandwidth)")
     print(f"host processes:  latency {host_lat:9.1f} us   bandwidth {host_bw:9.1f} MB/s")
     print(f"two guests:      latency {guest_lat:9.1f} us   bandwidth {guest_bw:9.1f} MB/s")

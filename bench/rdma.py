@@ -19,27 +19,12 @@ Usage: bench/rdma.py [--iterations N]
 from __future__ import annotations
 
 import argparse
-import os
-import pwd
 import re
-import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
-import yaml
+from guestbench import compile_pingpong, guests
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from vtorque import config as config_mod  # noqa: E402
-from vtorque.prologue.guests import bring_up, write_user_files  # noqa: E402
-from vtorque.request import parse_request  # noqa: E402
-from vtorque.vm import addresses, lifecycle  # noqa: E402
-
-USER = "vtjob"
 REQUEST = "img=testguest,vms_per_node=2,vcpus=1,ram=320M,vrdma=yes"
 DEVICE = "rxe0"
 BW_SIZE = 65536
@@ -50,28 +35,49 @@ BW_UNITS = {"bytes": 1e-6, "KB": 1e-3, "MB": 1.0, "GB": 1e3, "TB": 1e6}
 
 # Runs as vtjob in guest rank 0. Each server is started on the peer in the background and
 # bounded by timeout; `wait` collects it so the SSH session ends with nothing left behind.
+# Under TCG a server can take longer than the 2 s head start to listen (ssh, then the
+# binary over 9p): a client that finds no listener yet (rdma_cm REJECTED, printed by
+# perftest as "Unexpected CM event ... 8"; qperf's "failed to connect") tries again, at
+# most 20 times, 1 s apart. Any other failure is final.
 GUEST_SCRIPT = """\
 peer={peer}
 n={iterations}
+client() {{
+    label=$1; shift; tries=0
+    while :; do
+        out=$("$@" 2>&1); status=$?; tries=$((tries + 1))
+        case $status:$out in
+            0:*) ;;
+            *"Unexpected CM event"*|*"failed to connect"*)
+                if [ $tries -lt 20 ]; then sleep 1; continue; fi ;;
+        esac
+        break
+    done
+    printf '%s\\n' "$out"
+    echo "$label status=$status tries=$tries"
+}}
 echo "guest=$(hostname) peer=$peer transport=$VTORQUE_RDMA device=$VTORQUE_RDMA_DEVICE"
 ssh -n "$peer" "timeout 120 ib_write_bw -d {device} -R -F -n $n -s {bw_size} >/dev/null 2>&1" &
 sleep 2
-timeout 120 ib_write_bw -d {device} -R -F -n $n -s {bw_size} "$peer" 2>&1
-echo "ib_write_bw status=$?"
+client ib_write_bw timeout 120 ib_write_bw -d {device} -R -F -n $n -s {bw_size} "$peer"
 wait
 ssh -n "$peer" "timeout 120 ib_write_lat -d {device} -R -F -n $n -s {lat_size} >/dev/null 2>&1" &
 sleep 2
-timeout 120 ib_write_lat -d {device} -R -F -n $n -s {lat_size} "$peer" 2>&1
-echo "ib_write_lat status=$?"
+client ib_write_lat timeout 120 ib_write_lat -d {device} -R -F -n $n -s {lat_size} "$peer"
 wait
 ssh -n "$peer" "timeout 120 qperf >/dev/null 2>&1" &
 sleep 2
-timeout 60 qperf -t 3 -m {lat_size} "$peer" tcp_lat 2>&1
-echo "qperf tcp_lat status=$?"
-timeout 60 qperf -t 3 -m 64K "$peer" tcp_bw 2>&1
-echo "qperf tcp_bw status=$?"
+client "qperf tcp_lat" timeout 60 qperf -t 3 -m {lat_size} "$peer" tcp_lat
+client "qperf tcp_bw" timeout 60 qperf -t 3 -m 64K "$peer" tcp_bw
 timeout 20 qperf "$peer" quit >/dev/null 2>&1
 wait
+# MPI ping-pong: over verbs with the environment vtorque gives Soft-RoCE jobs, then over
+# TCP (Open MPI's ob1 with the tcp BTL) between the same guests.
+echo "=== mpi verbs"
+timeout 300 mpirun -np 2 --host "$(hostname),$peer" {program} {mpi_iterations} 2>&1
+echo "=== mpi tcp"
+timeout 300 mpirun -np 2 --host "$(hostname),$peer" --mca pml ob1 --mca mtl ^ofi \\
+    --mca btl tcp,vader,self {program} {mpi_iterations} 2>&1
 """
 
 
@@ -87,59 +93,42 @@ def parse(output: str, iterations: int) -> dict[str, float | None]:
     found["tcp_lat"] = float(tcp_lat[1]) * LAT_UNITS[tcp_lat[2]] if tcp_lat else None
     tcp_bw = re.search(r"^\s*bw\s*=\s*([\d.]+)\s*(bytes|KB|MB|GB|TB)/sec", output, re.M)
     found["tcp_bw"] = float(tcp_bw[1]) * BW_UNITS[tcp_bw[2]] if tcp_bw else None
+    for path in ("verbs", "tcp"):
+        mpi = re.search(rf"^=== mpi {path}\n(?:.*\n)*?pingpong .*latency_us=([\d.]+) "
+                        r"bandwidth_MBps=([\d.]+)", output, re.M)
+        found[f"mpi_{path}_lat"] = float(mpi[1]) if mpi else None
+        found[f"mpi_{path}_bw"] = float(mpi[2]) if mpi else None
     return found
+
+
+def iterations(text: str) -> int:
+    value = int(text)
+    if not 5 <= value <= 10000:
+        raise argparse.ArgumentTypeError(f"{value} is not within 5..10000")
+    return value
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=200, choices=range(5, 10001),
-                        metavar="N", help="perftest iterations (5..10000, default 200)")
+    parser.add_argument("--iterations", type=iterations, default=200, metavar="N",
+                        help="perftest iterations (5..10000, default 200)")
+    parser.add_argument("--mpi-iterations", type=iterations, default=20, metavar="N",
+                        help="MPI ping-pong iterations (5..10000, default 20)")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        raise SystemExit("bench: needs root (guests, the test namespace, setpriv)")
-    try:
-        account = pwd.getpwnam(USER)
-    except KeyError:
-        raise SystemExit(f"bench: no user {USER}; `useradd -m -u 4242 -U {USER}`") from None
-    work = Path(tempfile.mkdtemp(prefix="vtorque-bench-rdma-", dir="/var/tmp"))
-    work.chmod(0o755)
-    secret = work / "secret"
-    secret.write_bytes(os.urandom(32))
-    secret.chmod(0o600)
-    config_path = work / "vtorque.yaml"
-    config_path.write_text(yaml.safe_dump({
-        "image_pool": os.environ.get("VTORQUE_TEST_POOL", "/var/lib/vtorque/test-images"),
-        "state_dir": str(work / "state"), "log_file": str(work / "log"),
-        "hypervisor": "qemu", "min_free_space": "64M", "secret_file": str(secret),
-        "host_reserve": {"cores": 0, "memory": "512M"},
-        "defaults": {"img": "testguest", "ram": "256M"},
-        "network": {"mode": "network", "name": "vtorque", "pool_first": 240,
-                    "pool_last": 250},
-        "ibverbs": {"soft_roce": True},
-        "batch": {"shared_state_dir": str(work / "shared")}}))
-    config = config_mod.load(str(config_path))
-    job = f"bench-rdma-{secrets.token_hex(4)}"
-    try:
-        _, guests = bring_up(job, parse_request(REQUEST, config), config, user=USER)
-        user_dir = write_user_files(job, config, USER, guests)
-        script = GUEST_SCRIPT.format(peer=guests[1].hostname, iterations=args.iterations,
-                                     device=DEVICE, bw_size=BW_SIZE, lat_size=LAT_SIZE)
-        command = ["ip", "netns", "exec", "vtorque-dev", "setpriv",
-                   f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--init-groups",
-                   "--", "/usr/bin/ssh", "-F", f"{user_dir}/ssh_config", guests[0].hostname,
-                   script]
+    with guests(REQUEST, name="rdma", pool=(240, 250),
+                extra_config={"ibverbs": {"soft_roce": True}}) as pair:
+        program = compile_pingpong(pair.work)
+        script = GUEST_SCRIPT.format(peer=pair.hostnames[1], iterations=args.iterations,
+                                     device=DEVICE, bw_size=BW_SIZE, lat_size=LAT_SIZE,
+                                     program=program, mpi_iterations=args.mpi_iterations)
         try:
-            guest_run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+            guest_run = pair.ssh(script, timeout=900)
         except subprocess.TimeoutExpired as exc:
             partial = [part.decode(errors="replace") if isinstance(part, bytes) else part
                        for part in (exc.stdout, exc.stderr) if part]
             print("".join(partial).rstrip(), file=sys.stderr)
-            raise SystemExit("bench: the guest measurement did not finish within 600 s "
+            raise SystemExit("bench: the guest measurement did not finish within 900 s "
                              "(partial output above)") from None
-    finally:
-        lifecycle.down(job, config)
-        addresses.release(config, job)
-        shutil.rmtree(work, ignore_errors=True)
     output = guest_run.stdout + guest_run.stderr
     found = parse(output, args.iterations)
     missing = [name for name, value in found.items() if not value]
@@ -158,6 +147,14 @@ def main() -> int:
     print(f"TCP (qperf):            latency {tcp_lat:9.1f} us   bandwidth {tcp_bw:9.1f} MB/s")
     print(f"ratio RDMA/TCP latency:   {rdma_lat / tcp_lat:8.3f}x  (below 1: RDMA faster)")
     print(f"ratio RDMA/TCP bandwidth: {rdma_bw / tcp_bw:8.3f}x  (above 1: RDMA faster)")
+    v_lat, v_bw = found["mpi_verbs_lat"], found["mpi_verbs_bw"]
+    t_lat, t_bw = found["mpi_tcp_lat"], found["mpi_tcp_bw"]
+    print(f"MPI ping-pong over verbs (OFI MTL, verbs;ofi_rxm): latency {v_lat:9.1f} us   "
+          f"bandwidth {v_bw:9.1f} MB/s")
+    print(f"MPI ping-pong over TCP (ob1, tcp BTL):            latency {t_lat:9.1f} us   "
+          f"bandwidth {t_bw:9.1f} MB/s")
+    print(f"ratio MPI verbs/TCP latency:   {v_lat / t_lat:8.3f}x")
+    print(f"ratio MPI verbs/TCP bandwidth: {v_bw / t_bw:8.3f}x")
     return 0
 
 

@@ -3,9 +3,9 @@ where no InfiniBand hardware exists. One job, two guests on one simulated Torque
 `-vm vrdma=yes`; this machine has no HCA, so the node falls back to Soft-RoCE (allowed by
 its config). Inside the job: `ibv_devices` lists rxe0 in both guests, perftest's
 ib_write_bw and ib_write_lat run between them over RDMA (rdma_cm), and an MPI ping-pong
-runs with the environment vtorque set, the user setting nothing. (Open MPI's own RDMA
-paths fail over rdma_rxe here, see ibverbs/transport.py: its traffic stays on TCP, and the
-environment says so, rather than letting Open MPI pick UCX and abort.)
+runs over verbs (libfabric's verbs provider through Open MPI's OFI MTL, the path that works
+on rdma_rxe; see ibverbs/transport.py) with the environment vtorque set, the user setting
+nothing.
 
 A second test: vrdma=yes where neither SR-IOV hardware nor the fallback is allowed is
 refused at submit time, nothing submitted.
@@ -26,22 +26,28 @@ SCRIPT = """#!/bin/sh
 #PBS -vm vms_per_node=2,vcpus=1,ram=320M,vrdma=yes
 cd "$PBS_O_WORKDIR"
 peer=$(sed -n 2p "$PBS_NODEFILE")
-echo "transport=$VTORQUE_RDMA device=$VTORQUE_RDMA_DEVICE pml=$OMPI_MCA_pml btl=$OMPI_MCA_btl"
+echo "transport=$VTORQUE_RDMA device=$VTORQUE_RDMA_DEVICE pml=$OMPI_MCA_pml mtl=$OMPI_MCA_mtl provider=$OMPI_MCA_mtl_ofi_provider_include"
 echo "memlock=$(ulimit -l)"
 echo "rank0-devices: $(ibv_devices | awk 'NR>2 {print $1}' | tr '\\n' ' ')"
 echo "rank1-devices: $(ssh "$peer" "ibv_devices | awk 'NR>2 {print \\$1}'" | tr '\\n' ' ')"
 # perftest: server on rank 1, client here; rdma_cm finds the peer's GID from its address.
-ssh "$peer" "timeout 120 ib_write_bw -d rxe0 -R -F -n 200 -s 65536 >/dev/null 2>&1" &
-sleep 2
-timeout 120 ib_write_bw -d rxe0 -R -F -n 200 -s 65536 "$peer" > bw.out 2>&1
-echo "ib_write_bw status=$?"
-wait
-ssh "$peer" "timeout 120 ib_write_lat -d rxe0 -R -F -n 200 -s 8 >/dev/null 2>&1" &
-sleep 2
-timeout 120 ib_write_lat -d rxe0 -R -F -n 200 -s 8 "$peer" > lat.out 2>&1
-echo "ib_write_lat status=$?"
-wait
-cat bw.out lat.out
+# The client retries while the server is not listening yet (its start over ssh under TCG
+# takes a few seconds); bounded: 20 tries.
+perf() {
+    test=$1; shift
+    ssh -n "$peer" "timeout 120 $test -d rxe0 -R -F $* >/dev/null 2>&1" &
+    tries=0
+    until timeout 60 $test -d rxe0 -R -F "$@" "$peer" > $test.out 2>&1; do
+        tries=$((tries + 1))
+        [ $tries -lt 20 ] || break
+        sleep 1
+    done
+    echo "$test status=$([ $tries -lt 20 ] && echo 0 || echo 1)"
+    wait
+}
+perf ib_write_bw -n 200 -s 65536
+perf ib_write_lat -n 200 -s 8
+cat ib_write_bw.out ib_write_lat.out
 mpirun -np 2 --host "$(sed -n 1p "$PBS_NODEFILE"),$peer" ./pingpong 20 || exit 12
 """
 
@@ -54,7 +60,9 @@ def test_soft_roce_verbs_perftest_and_mpi_between_two_guests(torque_cluster):
     out = run.stdout + run.stderr
     assert run.prologue == {"node1": 0}, run.prologue_output
     assert run.exit_status == 0, out
-    assert "transport=soft-roce device=rxe0 pml=ob1 btl=tcp,vader,self" in out
+    # MPI can only run over verbs: the cm PML with the OFI MTL restricted to libfabric's
+    # verbs provider has no TCP path to fall back on.
+    assert "transport=soft-roce device=rxe0 pml=cm mtl=ofi provider=verbs;ofi_rxm" in out
     assert "memlock=unlimited" in out
     assert re.search(r"rank0-devices: rxe0 ", out), out
     assert re.search(r"rank1-devices: rxe0 ", out), out

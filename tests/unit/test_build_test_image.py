@@ -523,13 +523,15 @@ def test_a_damaged_image_is_rebuilt_identically(built: tuple[Path, str]) -> None
 
 @needs_busybox
 def test_job_environment_becomes_one_sshd_setenv_line(tmp_path: Path) -> None:
-    (tmp_path / "env").write_text("PBS_NODEFILE=/etc/vtorque/nodefile\nOMPI_MCA_btl=^openib\n")
+    (tmp_path / "env").write_text("PBS_NODEFILE=/etc/vtorque/nodefile\nOMPI_MCA_btl=^openib\n"
+                                  "OMPI_MCA_mtl_ofi_provider_include=verbs;ofi_rxm\n")
     (tmp_path / "bad").write_text("X=$(reboot)\n")
     proc = run_functions('sshd_setenv env; echo "rc=$? failed=$failed"\n'
                          'sshd_setenv missing; echo "rc=$?"\n'
                          'sshd_setenv bad; echo "rc=$? failed=$failed"\n', tmp_path)
     lines = proc.stdout.splitlines()
-    assert lines[0] == "SetEnv PBS_NODEFILE=/etc/vtorque/nodefile OMPI_MCA_btl=^openib"
+    assert lines[0] == ("SetEnv PBS_NODEFILE=/etc/vtorque/nodefile OMPI_MCA_btl=^openib "
+                        "OMPI_MCA_mtl_ofi_provider_include=verbs;ofi_rxm")
     assert lines[1:3] == ["rc=0 failed=", "rc=0"]
     assert lines[3:] == ["vtorque-error job environment failed: bad value for X",
                          "rc=1 failed=1"]

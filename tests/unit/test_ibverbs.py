@@ -324,7 +324,9 @@ def test_guest_environment() -> None:
     verbs = dict(transport.job_environment(transport.SRIOV, "verbs"))
     assert verbs["OMPI_MCA_btl"] == "openib,vader,self" and "UCX_IB_PKEY" not in verbs
     soft = dict(transport.job_environment(transport.SOFT_ROCE, "ucx"))
-    assert soft["VTORQUE_RDMA_DEVICE"] == "rxe0" and soft["OMPI_MCA_pml"] == "ob1"
+    assert soft["VTORQUE_RDMA_DEVICE"] == "rxe0" and soft["OMPI_MCA_pml"] == "cm"
+    assert soft["OMPI_MCA_mtl_ofi_provider_include"] == "verbs;ofi_rxm"
+    assert int(soft["FI_UNIVERSE_SIZE"]) <= 32
 
 
 # --- what admins see, what guests get ---------------------------------------------------

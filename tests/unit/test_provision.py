@@ -269,3 +269,23 @@ def test_failing_rollback_still_reports_the_first_failure(config: Any, fake: Rec
     handoff.publish(config, JOB, handoff.NodeStatus("n2", handoff.FAILED, "no kvm", run=1))
     outcome = provision.provision(context(), config, mother_superior=True)
     assert outcome.action == REQUEUE and "n2: no kvm" in outcome.message
+
+
+def test_mother_superior_refuses_a_job_whose_nodes_mix_rdma_transports(
+        config: Any, fake: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = fake.bring_up
+
+    def with_sriov(*args: Any, **kwargs: Any) -> Any:
+        result, everyone = real(*args, **kwargs)
+        result.rdma = "sriov"
+        return result, everyone
+
+    monkeypatch.setattr(guests, "bring_up", with_sriov)
+    handoff.publish(config, JOB, handoff.NodeStatus("n2", handoff.READY, run=1,
+                                                    rdma="soft-roce"))
+    outcome = provision.provision(context(vm="vrdma=yes"), config, mother_superior=True)
+    assert outcome.action == ABORT
+    assert "different RDMA transports (n1 sriov, n2 soft-roce)" in outcome.message
+    assert [job for job, _ in fake.cleaned] == [JOB]
+    assert fake.user_files == []
+    assert handoff.read(config, JOB, "n1").rdma == "sriov"

@@ -58,13 +58,18 @@ def job_environment(transport: str | None, mpi: str, pkey: int | None = None
         return ()
     env = [("VTORQUE_RDMA", transport)]
     if transport == SOFT_ROCE:
-        # The verbs API is there for programs that use it, but Open MPI's traffic stays on
-        # TCP over the same NIC: with Debian 12's Open MPI 4.1 / UCX 1.13 on kernel 6.1's
-        # rdma_rxe, UCX's endpoints time out (UD and RC), the openib BTL has no rdmacm
-        # connection manager (needed on Ethernet), and libfabric's verbs provider cannot
-        # create its completion queue. Left to itself, Open MPI would pick UCX and abort.
-        return tuple(env + [("VTORQUE_RDMA_DEVICE", RXE_DEVICE), ("OMPI_MCA_pml", "ob1"),
-                            ("OMPI_MCA_btl", "tcp,vader,self"), ("OMPI_MCA_osc", "^ucx")])
+        # Open MPI over rdma_rxe: libfabric's verbs provider (with ofi_rxm for reliable
+        # messages) through the OFI MTL, the one RDMA path of Debian 12's Open MPI 4.1
+        # that works on kernel 6.1's rxe (measured in guests). UCX's UD and RC endpoints
+        # time out there, and the openib BTL has no rdmacm, which Ethernet ports need;
+        # left to itself Open MPI would pick UCX and abort. rxm sizes its completion
+        # queue as (rx + tx queue) x FI_UNIVERSE_SIZE, and rxe's hold at most 32767
+        # entries: the default universe of 256 fails, 32 fits.
+        return tuple(env + [("VTORQUE_RDMA_DEVICE", RXE_DEVICE),
+                            ("OMPI_MCA_pml", "cm"), ("OMPI_MCA_mtl", "ofi"),
+                            ("OMPI_MCA_mtl_ofi_provider_include", "verbs;ofi_rxm"),
+                            ("OMPI_MCA_osc", "pt2pt"), ("OMPI_MCA_btl", "tcp,vader,self"),
+                            ("FI_UNIVERSE_SIZE", "32")])
     if mpi == "ucx":
         env += [("OMPI_MCA_pml", "ucx"), ("OMPI_MCA_osc", "ucx"),
                 # The openib BTL would probe the device too and warn; UCX owns it.

@@ -32,6 +32,7 @@ class NodeStatus:
     user_fault: bool = False         # failed because of the job's request, not the node
     guests: list[dict] = field(default_factory=list)
     run: int = 0                     # the job's run count: a requeued run ignores older ones
+    rdma: str | None = None          # the RDMA transport the node's guests got
 
 
 def job_dir(config: Config, job_id: str) -> str:

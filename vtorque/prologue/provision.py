@@ -81,7 +81,7 @@ def provision(ctx: JobContext, config: Config, *, mother_superior: bool) -> Outc
     guests = [{"rank": g.rank, "name": g.name, "hostname": g.hostname, "mac": g.mac}
               for g in result.guests]
     handoff.publish(config, ctx.job_id, handoff.NodeStatus(name, handoff.READY, guests=guests,
-                                                           run=ctx.run_count))
+                                                           run=ctx.run_count, rdma=result.rdma))
     log.info("job %s: %d guest(s) ready on %s in %.1f s", ctx.job_id, len(guests), name,
              result.seconds)
     if not mother_superior:
@@ -89,6 +89,8 @@ def provision(ctx: JobContext, config: Config, *, mother_superior: bool) -> Outc
     statuses = handoff.collect(config, ctx.job_id, ctx.nodes, config.timeouts.provision,
                                run=ctx.run_count)
     failed = [s for s in statuses.values() if s.state != handoff.READY]
+    if not failed:
+        failed = _mixed_transports(statuses)
     if not failed:
         try:
             write_user_files(ctx.job_id, config, ctx.user, job_guests, result.image_kind)
@@ -110,6 +112,19 @@ def provision(ctx: JobContext, config: Config, *, mother_superior: bool) -> Outc
         return Outcome(ABORT, f"vtorque: job {ctx.job_id} refused: {reasons}")
     return node_fault(ctx, config, f"vtorque: job {ctx.job_id} could not start its guests: "
                                    f"{reasons}")
+
+
+def _mixed_transports(statuses: dict[str, handoff.NodeStatus]) -> list[handoff.NodeStatus]:
+    """A job's guests must all speak one RDMA transport: an SR-IOV InfiniBand function
+    cannot talk to Soft-RoCE. Nodes that disagree refuse the job (running it again on
+    the same mix would not help); the site keeps such nodes apart with node features."""
+    kinds = {s.node: s.rdma for s in statuses.values() if s.rdma}
+    if len(set(kinds.values())) < 2:
+        return []
+    mix = ", ".join(f"{node} {kind}" for node, kind in sorted(kinds.items()))
+    return [handoff.NodeStatus(next(iter(kinds)), handoff.FAILED,
+                               f"the job's nodes gave its guests different RDMA transports "
+                               f"({mix}); request nodes of one kind", user_fault=True)]
 
 
 def prologue(ctx: JobContext, config: Config, *, claimed_user: str | None,
