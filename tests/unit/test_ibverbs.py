@@ -441,3 +441,23 @@ def test_vrdma_refused_for_osv_images(make_config: Any) -> None:
     with pytest.raises(ImageError, match="OSv unikernel, which has no RDMA"):
         check_image_matches(req, fixed_image("osv"))
     check_image_matches(req, fixed_image("kernel"))
+
+
+def test_rendered_domains_are_valid_libvirt_xml(make_specs: Any, tmp_path: Path) -> None:
+    """libvirt's own schema (virt-xml-validate) accepts the guests, passthrough included."""
+    import shutil
+    import subprocess
+    from dataclasses import replace
+    from vtorque.vm.render import domain_xml
+    validate = shutil.which("virt-xml-validate")
+    assert validate and shutil.which("xmllint"), "scripts/setup installs libvirt-clients " \
+        "and libxml2-utils"
+    [plain] = make_specs("linux", network={"mode": "network"})
+    for name, spec in (("plain", plain),
+                       ("passthrough", replace(plain, hostdevs=("0000:03:00.1", "0000:81:01.7"),
+                                               machine="q35", rdma="sriov"))):
+        path = tmp_path / f"{name}.xml"
+        path.write_text(domain_xml(spec))
+        done = subprocess.run([validate, str(path), "domain"], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, (name, done.stdout + done.stderr)
