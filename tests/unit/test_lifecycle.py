@@ -423,3 +423,45 @@ def test_cli_refuses_a_bad_job_id(env: Env, capsys) -> None:
     err = capsys.readouterr().err
     assert err.startswith("vtorque: invalid job id") and err.count("\n") == 1
     assert not env.state.exists() or not any(env.state.rglob("*x*"))
+
+
+# --- RDMA: virtual functions go with the guests --------------------------------------------
+
+def _with_sysfs(env: Env, root: Path):
+    from tests.standins import fake_sysfs
+    vfs = fake_sysfs.add_hca(root, num_vfs=3, host_vf_hcas=0)
+    data = yaml.safe_load(env.config_path.read_text())
+    data["ibverbs"] = {"sysfs_root": str(root)}
+    env.config_path.write_text(yaml.safe_dump(data))
+    return config_mod.load(str(env.config_path)), vfs
+
+
+def test_up_passes_a_function_to_each_guest_and_down_releases_them(env: Env,
+                                                                    tmp_path: Path) -> None:
+    from vtorque.ibverbs import pool
+    config, vfs = _with_sysfs(env, tmp_path / "sys")
+    result = lifecycle.up("12", env.request("img=testguest,vms_per_node=2,vrdma=yes"), config,
+                          rdma="sriov")
+    assert result.rdma == "sriov"
+    held = {a.rank: a.pci for a in pool.assignments(config)}
+    assert held == {0: vfs[0], 1: vfs[1]}
+    for guest in result.guests:
+        xml = env.host._conn.lookupByName(guest.name).XMLDesc(0)
+        bus, rest = held[guest.rank].split(":")[1:]
+        slot, function = rest.split(".")
+        assert f"bus='0x{bus}' slot='0x{slot}' function='0x{function}'" in xml
+        assert "<locked/>" in xml and "q35" in xml
+    lifecycle.down("12", config)
+    env.assert_nothing_left("12")
+    assert pool.assignments(config) == []
+
+
+def test_too_few_functions_requeue_and_leave_nothing(env: Env, tmp_path: Path) -> None:
+    from vtorque.errors import ResourceError
+    from vtorque.ibverbs import pool
+    config, _ = _with_sysfs(env, tmp_path / "sys")
+    with pytest.raises(ResourceError, match="4 needed, 3 of 3 free"):
+        lifecycle.up("13", env.request("img=testguest,vms_per_node=4,vrdma=yes"), config,
+                     rdma="sriov")
+    env.assert_nothing_left("13")
+    assert pool.assignments(config) == []
