@@ -381,6 +381,9 @@ def parse(text: str, path: str = "<string>") -> Config:
     if bool(ib["pkey_first"]) != bool(ib["pkey_last"]) or ib["pkey_first"] > ib["pkey_last"]:
         problems.append("ibverbs.pkey_first: must be at most ibverbs.pkey_last, both set or "
                         "both 0")
+    if values["defaults"]["vrdma"] and not ib["sriov"] and not ib["soft_roce"]:
+        problems.append("defaults.vrdma: true, but ibverbs.sriov and ibverbs.soft_roce are "
+                        "both off: every job would be refused")
     if ib["soft_roce"] and net["mode"] == "none":
         problems.append("ibverbs.soft_roce: Soft-RoCE runs over the guests' NIC; set "
                         "network.mode")

@@ -422,6 +422,8 @@ def test_config_checks_of_the_ibverbs_section(make_config: Any) -> None:
                      ({"devices": "mlx5_0"}, "ibverbs.devices")):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             make_config({"ibverbs": bad})
+    with pytest.raises(ConfigError, match=r"defaults\.vrdma: true, but"):
+        make_config({"defaults": {"vrdma": True}, "ibverbs": {"sriov": False}})
 
 
 def test_vrdma_refused_at_submit_where_the_site_offers_none(make_config: Any) -> None:
