@@ -96,6 +96,14 @@ def guests(request: str, *, name: str, pool: tuple[int, int],
         yield Guests(work, [g.hostname for g in entries], user_dir, account.pw_uid,
                      account.pw_gid)
     finally:
-        lifecycle.down(job, config)
-        addresses.release(config, job)
-        shutil.rmtree(work, ignore_errors=True)
+        # Each step even when an earlier one failed; the work directory (which holds the
+        # config and state) only once the guests are surely gone, so a failed teardown can
+        # be finished by hand: lifecycle.down(job, config of WORK/vtorque.yaml).
+        try:
+            lifecycle.down(job, config)
+            shutil.rmtree(work, ignore_errors=True)
+        except Exception as exc:  # noqa: BLE001 - report, keep the evidence
+            print(f"bench: teardown of {job} failed ({exc}); its state is kept in {work}",
+                  file=sys.stderr)
+        finally:
+            addresses.release(config, job)
