@@ -8,17 +8,15 @@ symlink to tests/standins/recording_qsub, which records every call in a JSON-lin
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-import yaml
 
+from tests.unit.vsub_site import VsubSite, add_image
 from vtorque import images, vsub
 from vtorque import qsub_options as qo
 
@@ -28,28 +26,8 @@ PBSE_EXIT = 15044 & 0xFF
 
 # --- fixtures ----------------------------------------------------------------------------
 
-def add_image(pool: Path, name: str = "testguest", distro: str = "debian") -> None:
-    """A tiny kernel-kind catalog image: descriptor plus one fake kernel file."""
-    kernel = pool / f"{name}.vmlinuz"
-    kernel.write_bytes(f"kernel of {name}".encode())
-    sha = hashlib.sha256(kernel.read_bytes()).hexdigest()
-    (pool / f"{name}.yaml").write_text(
-        f"name: {name}\nkind: kernel\ndistro: {distro}\narch: x86_64\n"
-        f"kernel: {{file: {name}.vmlinuz, sha256: '{sha}'}}\n")
-
-
-class Site(SimpleNamespace):
+class Site(VsubSite):
     """One test's site: config file, pool, bin_dir with the stand-in, calls file."""
-
-    def write_config(self, **overrides) -> None:
-        data = {"image_pool": str(self.pool), "state_dir": str(self.tmp / "state"),
-                "ramdisk_dir": str(self.tmp / "shm"), "batch": {"bin_dir": str(self.bin)}}
-        for key, value in overrides.items():
-            if isinstance(value, dict) and isinstance(data.get(key), dict):
-                data[key].update(value)
-            else:
-                data[key] = value
-        self.config.write_text(yaml.safe_dump(data))
 
     def calls(self) -> list[dict]:
         """Recorded qsub calls; the `-S <job shell>` vsub adds to every VM job is taken out
@@ -66,19 +44,6 @@ class Site(SimpleNamespace):
                 call["argv"] = argv[:at] + argv[at + 2:]
             out.append(call)
         return out
-
-    def script(self, text: str, name: str = "job.sh") -> str:
-        path = self.tmp / name
-        path.write_text(text)
-        return str(path)
-
-    def run(self, *argv: str, stdin: str = "") -> SimpleNamespace:
-        """vsub in this process (the stand-in still runs as a real subprocess)."""
-        self.monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin.encode())))
-        self.capsys.readouterr()
-        code = vsub.main(list(argv))
-        out, err = self.capsys.readouterr()
-        return SimpleNamespace(code=code, out=out, err=err)
 
 
 @pytest.fixture

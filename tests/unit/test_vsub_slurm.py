@@ -5,18 +5,14 @@ stand-in sbatch (tests/standins/slurm/sbatch), which records every submission in
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
 import subprocess
-import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-import yaml
 
 from tests.standins import calls, install, read_db
+from tests.unit.vsub_site import VsubSite, add_image
 from vtorque import images, vsub
 from vtorque import qsub_options as qo
 from vtorque.batch.slurm import parse_show_job
@@ -26,26 +22,9 @@ JOB = "#!/bin/sh\n#SBATCH --time=10\necho hello\n"
 ADDED = ["--mincpus=2", "--mem=2048M"]
 
 
-def add_image(pool: Path, name: str = "testguest") -> None:
-    kernel = pool / f"{name}.vmlinuz"
-    kernel.write_bytes(f"kernel of {name}".encode())
-    sha = hashlib.sha256(kernel.read_bytes()).hexdigest()
-    (pool / f"{name}.yaml").write_text(
-        f"name: {name}\nkind: kernel\ndistro: debian\narch: x86_64\n"
-        f"kernel: {{file: {name}.vmlinuz, sha256: '{sha}'}}\n")
-
-
-class Site(SimpleNamespace):
-    def write_config(self, **overrides) -> None:
-        data = {"image_pool": str(self.pool), "state_dir": str(self.tmp / "state"),
-                "ramdisk_dir": str(self.tmp / "shm"),
-                "batch": {"bin_dir": str(self.bin), "job_shell": self.job_shell}}
-        for key, value in overrides.items():
-            if isinstance(value, dict) and isinstance(data.get(key), dict):
-                data[key].update(value)
-            else:
-                data[key] = value
-        self.config.write_text(yaml.safe_dump(data))
+class Site(VsubSite):
+    def batch_config(self) -> dict:
+        return {"bin_dir": str(self.bin), "job_shell": self.job_shell}
 
     def submitted(self) -> list[dict]:
         return read_db(self.db).get("submitted", [])
@@ -58,18 +37,6 @@ class Site(SimpleNamespace):
         """sbatch's argv without the script file."""
         argv = self.one()["argv"]
         return argv[:-1] if argv and os.path.isabs(argv[-1]) else argv
-
-    def script(self, text: str, name: str = "job.sh") -> str:
-        path = self.tmp / name
-        path.write_text(text)
-        return str(path)
-
-    def run(self, *argv: str, stdin: str = "") -> SimpleNamespace:
-        self.monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin.encode())))
-        self.capsys.readouterr()
-        code = vsub.main(list(argv))
-        out, err = self.capsys.readouterr()
-        return SimpleNamespace(code=code, out=out, err=err)
 
 
 @pytest.fixture
