@@ -178,3 +178,20 @@ def test_uri(tmp_path: Path) -> str:
 def add_kernel_image() -> Callable[..., None]:
     """add_kernel_image(pool_dir, name='testguest', distro='debian')."""
     return _add_kernel_image
+
+
+@pytest.fixture
+def no_libvirt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to reach libvirt or start guests fails the test."""
+    import libvirt
+
+    from vtorque.prologue import guests
+    from vtorque.vm import lifecycle
+
+    def boom(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("libvirt touched")
+    for name in ("open", "openReadOnly", "openAuth"):
+        monkeypatch.setattr(libvirt, name, boom)
+    monkeypatch.setattr(guests, "bring_up", boom)
+    monkeypatch.setattr(lifecycle, "up", boom)
+    monkeypatch.setattr(lifecycle, "down", boom)

@@ -70,21 +70,8 @@ def site(tmp_path: Path, config_data: dict[str, Any]) -> Site:
     return Site(tmp_path, config_data)
 
 
-@pytest.fixture
-def no_guests(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Starting or destroying guests fails the test."""
-    from vtorque.prologue import guests
-    from vtorque.vm import lifecycle
-
-    def boom(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError("guests touched")
-    monkeypatch.setattr(guests, "bring_up", boom)
-    monkeypatch.setattr(lifecycle, "up", boom)
-    monkeypatch.setattr(lifecycle, "down", boom)
-
-
 @pytest.mark.parametrize("event", ["prologue", "prologue.parallel"])
-def test_job_without_vms_runs(site: Site, no_guests: None, event: str,
+def test_job_without_vms_runs(site: Site, no_libvirt: None, event: str,
                               capsys: pytest.CaptureFixture) -> None:
     site.jobs({JOB: job(vm=None)})
     assert site.hook(event, *ARGS) == 0
@@ -93,13 +80,13 @@ def test_job_without_vms_runs(site: Site, no_guests: None, event: str,
     assert not os.path.exists(site.tmp / "shared")
 
 
-def test_short_job_id_is_completed_by_the_server(site: Site, no_guests: None) -> None:
+def test_short_job_id_is_completed_by_the_server(site: Site, no_libvirt: None) -> None:
     site.jobs({JOB: job(vm=None)})
     assert site.hook("prologue", "17", "alice") == 0
 
 
 @pytest.mark.parametrize("event", ["prologue", "prologue.parallel"])
-def test_unknown_job_requeues(site: Site, no_guests: None, event: str,
+def test_unknown_job_requeues(site: Site, no_libvirt: None, event: str,
                               capsys: pytest.CaptureFixture) -> None:
     site.jobs({})
     assert site.hook(event, *ARGS) == 2
@@ -107,7 +94,7 @@ def test_unknown_job_requeues(site: Site, no_guests: None, event: str,
     assert f"cannot read job {JOB}" in err and "unknown to the batch server" in err
 
 
-def test_unreachable_server_requeues(site: Site, no_guests: None,
+def test_unreachable_server_requeues(site: Site, no_libvirt: None,
                                      capsys: pytest.CaptureFixture) -> None:
     site.jobs({JOB: job()}, fail={"qstat": {"exit": 1, "stderr":
                                             "qstat: cannot connect to server head\n"}})
@@ -117,7 +104,7 @@ def test_unreachable_server_requeues(site: Site, no_guests: None,
 
 @pytest.mark.parametrize("event,status", [("prologue", 2), ("prologue.parallel", 2),
                                           ("epilogue", 1), ("epilogue.parallel", 1)])
-def test_broken_config(site: Site, no_guests: None, event: str, status: int,
+def test_broken_config(site: Site, no_libvirt: None, event: str, status: int,
                        capsys: pytest.CaptureFixture) -> None:
     site.jobs({JOB: job()})
     site.write_config(limits={"vcpus": 0})
@@ -129,7 +116,7 @@ def test_broken_config(site: Site, no_guests: None, event: str, status: int,
 
 
 @pytest.mark.parametrize("event,status", [("prologue", 2), ("epilogue", 1)])
-def test_missing_config(site: Site, no_guests: None, event: str, status: int,
+def test_missing_config(site: Site, no_libvirt: None, event: str, status: int,
                         capsys: pytest.CaptureFixture) -> None:
     missing = str(site.tmp / "nope.yaml")
     assert site.hook(event, *ARGS, config=missing) == status
@@ -137,7 +124,7 @@ def test_missing_config(site: Site, no_guests: None, event: str, status: int,
     assert missing in err and "file not found" in err
 
 
-def test_precancel_needs_nothing(site: Site, no_guests: None,
+def test_precancel_needs_nothing(site: Site, no_libvirt: None,
                                  capsys: pytest.CaptureFixture) -> None:
     assert site.hook("epilogue.precancel", *ARGS, config=str(site.tmp / "nope.yaml")) == 0
     assert site.hook("epilogue.precancel", config=str(site.tmp / "nope.yaml")) == 0
@@ -145,7 +132,7 @@ def test_precancel_needs_nothing(site: Site, no_guests: None,
     assert site.progs() == []
 
 
-def test_owner_mismatch_aborts(site: Site, no_guests: None,
+def test_owner_mismatch_aborts(site: Site, no_libvirt: None,
                                capsys: pytest.CaptureFixture) -> None:
     site.jobs({JOB: job()})
     assert site.hook("prologue", JOB, "mallory", "hpc") == 1
@@ -154,7 +141,7 @@ def test_owner_mismatch_aborts(site: Site, no_guests: None,
     assert not os.path.exists(site.tmp / "shared")
 
 
-def test_invalid_request_aborts_naming_the_key(site: Site, no_guests: None,
+def test_invalid_request_aborts_naming_the_key(site: Site, no_libvirt: None,
                                                capsys: pytest.CaptureFixture) -> None:
     site.jobs({JOB: job(vm="vcpus=0")})
     assert site.hook("prologue.parallel", *ARGS) == 1
@@ -214,7 +201,7 @@ def test_node_faults_beyond_max_requeues_abort(site: Site, pool_dir: Path,
     assert not os.path.lexists(paths.job_dir) and not os.path.lexists(paths.lock)
 
 
-def test_node_fault_within_max_requeues_requeues(site: Site, no_guests: None,
+def test_node_fault_within_max_requeues_requeues(site: Site, no_libvirt: None,
                                                  monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture) -> None:
     from vtorque.errors import HypervisorError
@@ -241,7 +228,7 @@ def test_unexpected_exception_requeues(site: Site, monkeypatch: pytest.MonkeyPat
 
 
 @pytest.mark.parametrize("event", ["epilogue", "epilogue.parallel"])
-def test_epilogue_without_local_state(site: Site, no_guests: None, event: str,
+def test_epilogue_without_local_state(site: Site, no_libvirt: None, event: str,
                                       capsys: pytest.CaptureFixture) -> None:
     site.jobs({JOB: job()})
     assert site.hook(event, *ARGS, "0") == 0

@@ -667,23 +667,6 @@ def site(tmp_path: Path, config_data: dict[str, Any]) -> Site:
     return Site(tmp_path, config_data)
 
 
-@pytest.fixture
-def no_libvirt(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any attempt to reach libvirt or start guests fails the test."""
-    import libvirt
-
-    from vtorque.prologue import guests
-    from vtorque.vm import lifecycle
-
-    def boom(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError("libvirt touched")
-    for name in ("open", "openReadOnly", "openAuth"):
-        monkeypatch.setattr(libvirt, name, boom)
-    monkeypatch.setattr(guests, "bring_up", boom)
-    monkeypatch.setattr(lifecycle, "up", boom)
-    monkeypatch.setattr(lifecycle, "down", boom)
-
-
 def test_main_non_vm_job_passes_through(site: Site, no_libvirt: None,
                                         capsys: pytest.CaptureFixture) -> None:
     job = dict(PBS_JOB, Variable_List={"PBS_O_WORKDIR": "/home/alice"})

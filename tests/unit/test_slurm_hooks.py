@@ -83,23 +83,6 @@ def site(tmp_path: Path, config_data: dict[str, Any]) -> Site:
     return Site(tmp_path, config_data)
 
 
-@pytest.fixture
-def no_libvirt(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Any attempt to reach libvirt or start guests fails the test."""
-    import libvirt
-
-    from vtorque.prologue import guests
-    from vtorque.vm import lifecycle
-
-    def boom(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError("libvirt touched")
-    for name in ("open", "openReadOnly", "openAuth"):
-        monkeypatch.setattr(libvirt, name, boom)
-    monkeypatch.setattr(guests, "bring_up", boom)
-    monkeypatch.setattr(lifecycle, "up", boom)
-    monkeypatch.setattr(lifecycle, "down", boom)
-
-
 def fake_bring_up(monkeypatch: pytest.MonkeyPatch, error: Exception | None = None) -> list:
     """guests.bring_up as a recorder: succeeds with one fake guest, or raises `error`."""
     from vtorque.prologue import guests
