@@ -372,15 +372,15 @@ def test_passthrough_guest_xml(make_specs: Any) -> None:
         domain_xml(replace(spec, hostdevs=("0000:03:01.0'/><evil",)))
 
 
-def test_specs_get_functions_q35_and_the_soft_roce_cmdline(make_config: Any) -> None:
-    from tests.unit.conftest import fixed_image
+def test_specs_get_functions_q35_and_the_soft_roce_cmdline(make_config: Any, fixed: Any
+                                                           ) -> None:
     from vtorque.journal import JobPaths
     from vtorque.request import parse_request
     from vtorque.vm.spec import build_guest_specs
     cfg = make_config({"machine_type": "pc", "network": {"mode": "network"}})
     req = parse_request("vms_per_node=2,vrdma=yes", cfg)
     paths = JobPaths.for_job("12.srv", cfg.state_dir, cfg.ramdisk_dir)
-    common = dict(paths=paths, request=req, image=fixed_image("kernel"), config=cfg,
+    common = dict(paths=paths, request=req, image=fixed.image("kernel"), config=cfg,
                   domain_type="qemu", first_rank=2, tokens=["a", "b"], qemu_uid=1,
                   qemu_gid=1)
     specs = build_guest_specs(**common, rdma="sriov", functions={3: "0000:03:00.2"})
@@ -435,14 +435,13 @@ def test_vrdma_refused_at_submit_where_the_site_offers_none(make_config: Any) ->
     assert parse_request("vrdma=enabled", make_config()).vrdma is True
 
 
-def test_vrdma_refused_for_osv_images(make_config: Any) -> None:
-    from tests.unit.conftest import fixed_image
+def test_vrdma_refused_for_osv_images(make_config: Any, fixed: Any) -> None:
     from vtorque.errors import ImageError
     from vtorque.request import check_image_matches, parse_request
     req = parse_request("vrdma=yes", make_config())
     with pytest.raises(ImageError, match="OSv unikernel, which has no RDMA"):
-        check_image_matches(req, fixed_image("osv"))
-    check_image_matches(req, fixed_image("kernel"))
+        check_image_matches(req, fixed.image("osv"))
+    check_image_matches(req, fixed.image("kernel"))
 
 
 def test_rendered_domains_are_valid_libvirt_xml(make_specs: Any, tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from vtorque import proc
 from vtorque.config import Config
 from vtorque.errors import NodeError, ResourceError
+from vtorque.files import atomic_write, ensure_parent_dirs, remove_file
 from vtorque.ibverbs import VF_LEDGER, guids, sysfs
 from vtorque.ledger import Ledger
 
@@ -229,7 +230,6 @@ def allocate_pkey(config: Config, job_id: str, guests: int) -> int | None:
             raise ResourceError(f"no free partition key in ibverbs.pkey_first..pkey_last "
                                 f"(0x{ib.pkey_first:04x}..0x{ib.pkey_last:04x})")
         if ib.partitions_dir:
-            from vtorque.files import atomic_write, ensure_parent_dirs
             ports = [guids.port_guid(ib.guid_prefix, job_id, r) for r in range(guests)]
             ensure_parent_dirs(ib.partitions_dir, 0o755)
             atomic_write(_partition_file(config, job_id),
@@ -249,7 +249,6 @@ def release_pkey(config: Config, job_id: str) -> None:
     with _pkey_ledger(config).change(create=False) as table:
         table.pop(job_id, None)
         if config.ibverbs.partitions_dir:
-            from vtorque.files import remove_file
             remove_file(_partition_file(config, job_id))
 
 
