@@ -83,7 +83,7 @@ def main() -> int:
         samples["epilogue"].append(timed([str(mom_priv / "epilogue"), *epilogue_args], env))
         samples["qstat"].append(timed([str(bin_dir / "qstat"), "-f", "-x", "7.bench"], env))
         samples["qsub"].append(timed([str(bin_dir / "qsub"), *qsub_args], user_env))
-        samples["vsub"].append(timed([sys.executable, "-m", "vtorque.vsub", "-vm",
+        samples["vsub"].append(timed([sys.executable, "-m", "vtorque.submit.vsub", "-vm",
                                       "img=testguest", str(script)], user_env))
     med = {k: statistics.median(v) * 1000 for k, v in samples.items()}
     hook = med["hook"] - med["empty"]

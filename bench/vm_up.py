@@ -75,7 +75,7 @@ def baseline_once(conn, image, workdir: str) -> float:
 
 def vtorque(config: str, *args: str) -> float:
     start = time.monotonic()
-    subprocess.run([sys.executable, "-m", "vtorque.cli", "--config", config, *args],
+    subprocess.run([sys.executable, "-m", "vtorque", "--config", config, *args],
                    check=True, stdout=subprocess.DEVNULL, cwd=REPO)
     return time.monotonic() - start
 

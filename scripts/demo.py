@@ -129,7 +129,7 @@ class Demo:
         os.chown(script, UID, UID)
         env = {**self.slurm_env, "HOME": f"/home/{USER}", "PYTHONPATH": str(REPO),
                "VTORQUE_CONFIG": str(config.path)}
-        argv = [sys.executable, "-m", "vtorque.vsub", str(script)]
+        argv = [sys.executable, "-m", "vtorque.submit.vsub", str(script)]
         say(f"submitting as {USER}: vsub job.sh   (script has: #VSUB -vm "
             "img=testguest,vms_per_node=2,vcpus=1,ram=256M)")
         submitted = time.monotonic()

@@ -39,6 +39,24 @@ class ImageError(UserError):
     """The requested image is not an authorized catalog image (or no longer is)."""
 
 
+class UsageError(UserError):
+    """A command line (or a script directive) is not a valid option list."""
+
+
+class Unsupported(UserError):
+    """A valid batch request that VM jobs do not support."""
+
+
+class RecordError(UserError):
+    """A VM job's record from the batch server cannot be read unambiguously: text the user
+    controls forged or broke its structure (a repeated attribute, a forged line). The job
+    is refused; the node stays in service."""
+
+
+class CommandRefused(UserError):
+    """A job command cannot be passed to the guest unchanged (OSv's command parser)."""
+
+
 class NodeError(VtorqueError):
     """This node or the site configuration failed; the job may succeed elsewhere."""
 
@@ -52,6 +70,25 @@ class ConfigError(NodeError):
         first = self.problems[0] if self.problems else "invalid"
         more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
         super().__init__(f"config {path}: {first}{more}")
+
+
+class JobIdError(NodeError):
+    """A job id that no batch system prints (it came from the batch system or an admin;
+    acting on it could touch another job's files)."""
+
+
+class UnknownJobError(NodeError):
+    """The batch server does not know the job (never existed, or purged from its history).
+
+    A NodeError for the hooks (the server may lag), but the reaper can tell "gone" from
+    "server unreachable" (plain NodeError/CommandError) and reaps only on this one.
+    """
+
+    def __init__(self, scheduler: str, job_id: str, detail: str = ""):
+        self.scheduler = scheduler
+        self.job_id = job_id
+        msg = f"{scheduler}: job {job_id} is unknown to the batch server"
+        super().__init__(f"{msg} ({detail})" if detail else msg)
 
 
 class CommandError(NodeError):
@@ -86,6 +123,23 @@ class GuestError(NodeError):
 
 class ResourceError(NodeError):
     """The node lacks what the job needs now (disk space, free devices)."""
+
+
+class OsvError(NodeError):
+    """The OSv guest or its REST API failed; the program's own status is unknown."""
+
+
+class GuestGone(OsvError):
+    """The OSv guest stopped answering for longer than the grace period."""
+
+
+class OsvHttpError(OsvError):
+    """OSv's REST API answered with an HTTP error status."""
+
+    def __init__(self, message: str, code: int, detail: str):
+        super().__init__(message)
+        self.code = code
+        self.detail = detail
 
 
 class TeardownError(NodeError):

@@ -15,18 +15,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from vtorque.errors import UserError
+from vtorque import jobid
 
-# Torque ids look like 123.server, arrays 12[1].server; Slurm ids are numbers, arrays 12_1.
-_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\[\]@+-]{0,127}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def check_job_id(job_id: str) -> str:
-    """Refuse job ids that could not come from a batch system (and could hurt a path)."""
-    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id) or ".." in job_id:
-        raise UserError(f"invalid job id {job_id!r}: expected letters, digits and . _ [ ] @ + -")
-    return job_id
 
 
 def job_key(job_id: str) -> str:
@@ -35,7 +26,7 @@ def job_key(job_id: str) -> str:
     The readable part keeps logs greppable; the hash keeps 12[1] and 12_1_ (or 12 and 123
     after truncation) apart, so cleanup of one job never touches another (faults item 9).
     """
-    check_job_id(job_id)
+    jobid.check(job_id, "job")
     digest = hashlib.sha256(job_id.encode()).hexdigest()[:10]
     return f"{_UNSAFE.sub('_', job_id)[:40]}-{digest}"
 

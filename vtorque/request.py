@@ -270,8 +270,9 @@ def image_name(request: VmRequest, catalog) -> str:
                      "default image (defaults.img)")
 
 
-def check_image_matches(request: VmRequest, image) -> None:
-    """Refuse an image whose declared distro or arch contradicts the request."""
+def check_image_matches(request: VmRequest, image, config: Config) -> None:
+    """Refuse an image whose declared distro or arch contradicts the request, or that this
+    site cannot run as asked."""
     if request.distro and image.distro != request.distro:
         raise ImageError(f"image '{image.name}' is distro '{image.distro}', but the request "
                          f"asks for distro '{request.distro}'")
@@ -281,3 +282,8 @@ def check_image_matches(request: VmRequest, image) -> None:
     if request.vrdma and image.kind == "osv":
         raise ImageError(f"image '{image.name}' is an OSv unikernel, which has no RDMA "
                          "drivers; drop vrdma=yes or pick a Linux image")
+    if image.kind == "osv" and config.network.mode == "none":
+        # OSv is reached only through its REST API, over the guest's own address.
+        raise ImageError(f"image '{image.name}' is an OSv unikernel, which vtorque drives "
+                         "over its network, but this site gives guests none "
+                         f"(network.mode: none in {config.path})")

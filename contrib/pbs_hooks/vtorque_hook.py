@@ -5,8 +5,8 @@
 # qmgr; the server copies it to every MoM, which runs it as root (hook user pbsadmin)
 # inside pbs_mom's embedded Python with the `pbs` module. The hook stays a thin shim: it
 # reads the event, runs
-#     VTORQUE_PYTHON -E -s -m vtorque.cli --config VTORQUE_CONFIG \
-#         hook openpbs <event> <job id> <user> <ms|sister>
+#     VTORQUE_PYTHON -E -s -m vtorque.hooks --config VTORQUE_CONFIG \
+#         openpbs <event> <job id> <user> <ms|sister> <this MoM's node name>
 # as a subprocess (an argv list, never a shell; a minimal fixed environment; its own
 # process group, killed on a timeout kept below the hook's alarm) and maps the exit
 # status onto accept/reject. vtorque re-reads the job from the server and decides.
@@ -64,6 +64,7 @@ EVENTS = (("EXECJOB_PROLOGUE", "prologue"), ("EXECJOB_LAUNCH", "launch"),
 
 _JOB_ID = re.compile(r"^[0-9][A-Za-z0-9._\[\]@+-]{0,254}$")
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
+_NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 _PATH = re.compile(r"^/[A-Za-z0-9._/+-]{1,4095}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _clock = getattr(time, "monotonic", time.time)
@@ -172,9 +173,21 @@ def _run(argv, timeout):
         err.close()
 
 
+def _local_node():
+    """This MoM's node name (several MoMs may share a host); '' when PBS cannot say."""
+    try:
+        name = str(pbs.get_local_nodename() or "")
+    except Exception:
+        return ""
+    return name if _NODE.match(name) else ""
+
+
 def _vtorque(kind, job_id, user, role):
-    argv = [VTORQUE_PYTHON, "-E", "-s", "-m", "vtorque.cli", "--config", VTORQUE_CONFIG,
-            "hook", "openpbs", kind, job_id, user, role]
+    argv = [VTORQUE_PYTHON, "-E", "-s", "-m", "vtorque.hooks", "--config", VTORQUE_CONFIG,
+            "openpbs", kind, job_id, user, role]
+    node = _local_node()
+    if node:
+        argv.append(node)
     timeout = TIMEOUTS[kind]
     started = _clock()
     status, out, err, timed_out = _run(argv, timeout)

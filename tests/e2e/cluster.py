@@ -103,7 +103,7 @@ class Cluster:
                "VTORQUE_CONFIG": str(self.nodes[0].config),
                "VTORQUE_STANDIN_CALLS": str(calls_file), "PYTHONPATH": str(REPO)}
         return subprocess.run(["setpriv", f"--reuid={JOB_UID}", f"--regid={JOB_UID}",
-                               "--init-groups", "--", sys.executable, "-m", "vtorque.vsub",
+                               "--init-groups", "--", sys.executable, "-m", "vtorque.submit.vsub",
                                *args], input=script, capture_output=True, text=True,
                               env=env, cwd=self.workdir, timeout=60)
 
@@ -135,13 +135,12 @@ class Cluster:
             found += [f"{node.name}: function {a.pci}" for a in pool.assignments(cfg)
                       if a.job_id == job_id]
         shared = self.root / "shared"
-        if shared.exists():
-            for entry in shared.iterdir():
-                if entry.name in ("addresses.json", "pkeys.json"):
-                    if job_id in json.loads(entry.read_text()):
-                        found.append(f"{entry.name} entry of {job_id}")
-                elif not entry.name.startswith("."):
-                    found.append(str(entry))
+        for ledger in ("addresses.json", "pkeys.json"):
+            if (shared / ledger).exists() and job_id in json.loads((shared / ledger).read_text()):
+                found.append(f"{ledger} entry of {job_id}")
+        from vtorque.cluster import handoff
+        if os.path.lexists(handoff.job_dir(self.config(0), job_id)):
+            found.append(handoff.job_dir(self.config(0), job_id))
         return found
 
     def teardown_all(self) -> None:

@@ -28,7 +28,7 @@ POOL = os.environ.get("VTORQUE_TEST_POOL", "/var/lib/vtorque/test-images")
 # Under /var/tmp, not pytest's tmp_path: QEMU runs as libvirt-qemu and must traverse the
 # path to the job directories, which pytest's 0700 /tmp/pytest-of-root forbids.
 WORK_ROOT = Path("/var/tmp/vtorque-tests")
-VTORQUE = [sys.executable, "-m", "vtorque.cli"]
+VTORQUE = [sys.executable, "-m", "vtorque"]
 
 
 @pytest.fixture(scope="session")

@@ -60,7 +60,7 @@ class SlurmVmCluster:
         path.write_text(script)
         os.chown(path, JOB_UID, JOB_UID)
         return subprocess.run(["setpriv", f"--reuid={JOB_UID}", f"--regid={JOB_UID}",
-                               "--init-groups", "--", sys.executable, "-m", "vtorque.vsub",
+                               "--init-groups", "--", sys.executable, "-m", "vtorque.submit.vsub",
                                *args, str(path)],
                               capture_output=True, text=True, env=env, cwd=self.workdir,
                               timeout=60)

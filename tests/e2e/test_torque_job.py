@@ -165,8 +165,8 @@ def test_teardown_failure_takes_node_offline(torque_cluster, monkeypatch):
 
 
 def test_reaper_removes_dead_jobs_and_keeps_running_ones(torque_cluster):
-    from vtorque.batch import base
-    from vtorque.epilogue.reaper import reap
+    from vtorque.batch import registry
+    from vtorque.admin.reaper import reap
     from vtorque.prologue.guests import bring_up
     from vtorque.request import parse_request
     cluster = torque_cluster(1)
@@ -177,7 +177,7 @@ def test_reaper_removes_dead_jobs_and_keeps_running_ones(torque_cluster):
     for job_id in ("900.gone", running["id"]):     # 900.gone: unknown to the server
         bring_up(job_id, request, cfg, user=None)
     verdicts = {v.job_id: v.action
-                for v in reap(cfg, base.get("torque", cfg.batch.bin_dir))}
+                for v in reap(cfg, registry.get("torque", cfg.batch.bin_dir))}
     assert verdicts["900.gone"] == "reaped"
     assert verdicts[running["id"]] == "kept"
     assert cluster.leftovers("900.gone") == []
@@ -186,6 +186,6 @@ def test_reaper_removes_dead_jobs_and_keeps_running_ones(torque_cluster):
     # The job finishes without an epilogue (say, the mom restarted): the reaper cleans it.
     cluster.harness.set_job(running["id"], job_state="C")
     verdicts = {v.job_id: v.action
-                for v in reap(cfg, base.get("torque", cfg.batch.bin_dir))}
+                for v in reap(cfg, registry.get("torque", cfg.batch.bin_dir))}
     assert verdicts[running["id"]] == "reaped"
     assert cluster.leftovers(running["id"]) == []

@@ -80,6 +80,8 @@ def config_data(tmp_path: Path, pool_dir: Path) -> dict[str, Any]:
         "image_pool": str(pool_dir),
         "state_dir": str(tmp_path / "state"),
         "ramdisk_dir": str(tmp_path / "shm"),
+        "log_file": str(tmp_path / "log" / "vtorque.log"),
+        "batch": {"shared_state_dir": str(tmp_path / "shared")},
     }
 
 
@@ -126,7 +128,8 @@ def make_specs(make_config: Callable[..., Config]) -> Callable[..., list[GuestSp
     fixed paths, tokens and ids (state_dir /var/lib/vtorque/jobs, never created)."""
     def make(kind: str, request: str = "vcpus=1", *, job_id: str = "12.server",
              first_rank: int = 0, domain_type: str = "kvm", image: Image | None = None,
-             **overrides: Any) -> list[GuestSpec]:
+             addresses: Any = None, rdma: str | None = None,
+             functions: dict[int, str] | None = None, **overrides: Any) -> list[GuestSpec]:
         cfg = make_config({"state_dir": FIXED_STATE, "ramdisk_dir": FIXED_RAMDISK,
                            **overrides})
         req = parse_request(request, cfg)
@@ -135,7 +138,8 @@ def make_specs(make_config: Callable[..., Config]) -> Callable[..., list[GuestSp
             paths=paths, request=req, image=image or fixed_image(kind), config=cfg,
             domain_type=domain_type, first_rank=first_rank,
             tokens=[fixed_token(i) for i in range(req.vms_per_node)],
-            qemu_uid=QEMU_UID, qemu_gid=QEMU_GID)
+            qemu_uid=QEMU_UID, qemu_gid=QEMU_GID, addresses=addresses, rdma=rdma,
+            functions=functions)
     return make
 
 

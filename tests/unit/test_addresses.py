@@ -125,8 +125,9 @@ def test_address_bounds() -> None:
 
 
 def test_pool_outside_the_subnet_is_refused(small_pool: Any) -> None:
-    broken = small_pool.__class__(**{**small_pool.__dict__, "network": config_mod.Section(
-        {**small_pool.network.values, "pool_last": 255})})
+    import dataclasses
+    broken = dataclasses.replace(small_pool, network=dataclasses.replace(small_pool.network,
+                                                                         pool_last=255))
     with pytest.raises(NodeError, match="pool_first/pool_last"):
         addresses.allocate(broken, "1.h", 1)
 

@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.standins import calls, install, read_db
-from vtorque.batch import base
-from vtorque.batch.base import UnknownJobError, detect, get, registered
+from vtorque.batch import registry
+from vtorque.batch.registry import detect, get, registered
+from vtorque.errors import UnknownJobError
 from vtorque.batch.openpbs import OpenPBS, parse_qstat_json
 from vtorque.batch.torque import Torque
 from vtorque.errors import CommandError, NodeError
@@ -313,7 +314,7 @@ def test_unknown_name_is_a_node_error(tmp_path: Path) -> None:
 def test_slurm_commands_win_only_with_a_slurm_adapter(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     install("torque", bin_dir)                 # slurm-torque wrappers look like this
-    touch_exe(bin_dir, *base.SLURM_MARKERS)
+    touch_exe(bin_dir, *registry.SLURM_MARKERS)
     expected = "slurm" if "slurm" in registered() else "torque"
     assert detect(str(bin_dir)) == expected
 

@@ -13,20 +13,17 @@ from pathlib import Path
 import pytest
 
 from tests.standins import calls, install, read_db
-from vtorque.batch import base
-from vtorque.batch.base import UnknownJobError, detect, get, registered
-from vtorque.batch.slurm import (
+from vtorque.batch import registry
+from vtorque.batch.hostlist import count_ids, expand_hostlist
+from vtorque.batch.registry import detect, get, registered
+from vtorque.batch.slurm import Slurm, job_note
+from vtorque.batch.slurm_record import (
     COMMENT_MARKER,
-    RecordError,
-    Slurm,
     comment_for_request,
-    count_ids,
-    expand_hostlist,
-    job_note,
     parse_show_job,
     request_from_comment,
 )
-from vtorque.errors import CommandError, NodeError, UserError
+from vtorque.errors import CommandError, NodeError, RecordError, UnknownJobError, UserError
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 CAPTURE = DATA / "slurm-22.05-prolog-show-job-dd.txt"          # job 1, during its Prolog
@@ -364,8 +361,9 @@ def test_adapter_passes_slurm_conf_only(tmp_path: Path) -> None:
     Slurm(str(bin_dir), environ={"SLURM_CONF": "/etc/slurm-test/slurm.conf",
                                  "LD_PRELOAD": "/evil.so"}).job("42")
     assert read_db(db)["last_slurm_conf"] == "/etc/slurm-test/slurm.conf"
-    assert Slurm(str(bin_dir), environ={"SLURM_CONF": "relative"}).env.get("SLURM_CONF") is None
-    assert "LD_PRELOAD" not in Slurm(str(bin_dir), environ={"LD_PRELOAD": "x"}).env
+    relative = Slurm(str(bin_dir), environ={"SLURM_CONF": "relative"}).query_env()
+    assert relative.get("SLURM_CONF") is None
+    assert "LD_PRELOAD" not in Slurm(str(bin_dir), environ={"LD_PRELOAD": "x"}).query_env()
 
 
 def test_offline_node_drains_with_a_readable_reason(slurm) -> None:
@@ -416,7 +414,7 @@ def test_registry_and_auto_detection(tmp_path: Path) -> None:
     install("slurm", bin_dir)
     assert detect(str(bin_dir)) == "slurm"
     assert isinstance(get("auto", str(bin_dir)), Slurm)
-    assert base.SLURM_MARKERS == Slurm.commands
+    assert registry.SLURM_MARKERS == Slurm.commands
     assert COMMENT_MARKER == "vtorque:"
 
 

@@ -21,12 +21,8 @@ from vtorque.batch.base import (
     node_note,
     pick_job,
 )
-from vtorque.batch.torque import (
-    Torque,
-    parse_exec_host,
-    parse_qstat_xml,
-    parse_variable_list,
-)
+from vtorque.batch.pbs import parse_exec_host, parse_variable_list
+from vtorque.batch.torque import Torque, parse_qstat_xml
 from vtorque.errors import CommandError, NodeError
 
 DATA = Path(__file__).resolve().parent.parent / "data"

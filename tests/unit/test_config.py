@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vtorque import cli
+from vtorque.admin import cli
 from vtorque import config as config_mod
 from vtorque.errors import ConfigError
 

@@ -1,4 +1,4 @@
-"""Unit tests of vtorque.prologue.handoff: node status files in the shared state directory
+"""Unit tests of vtorque.cluster.handoff: node status files in the shared state directory
 and the mother superior's wait for all of them."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from vtorque.journal import job_key
-from vtorque.prologue import handoff
-from vtorque.prologue.handoff import FAILED, READY, NodeStatus
+from vtorque.cluster import handoff
+from vtorque.cluster.handoff import FAILED, READY, NodeStatus
 
 JOB = "77.head"
 NODES = ("n1", "n2.cluster", "n3")
@@ -47,9 +47,10 @@ def test_publish_and_read_round_trip(config: Any) -> None:
     guests = [{"rank": 0, "name": "vtorque-x-0", "hostname": "vt77-0", "mac": "52:54:00:1:2:3"}]
     handoff.publish(config, JOB, NodeStatus("n1", READY, guests=guests))
     handoff.publish(config, JOB, NodeStatus("n2.cluster", FAILED, "disk full", user_fault=False))
-    assert handoff.read(config, JOB, "n1") == NodeStatus("n1", READY, "", False, guests)
+    assert handoff.read(config, JOB, "n1") == NodeStatus("n1", READY, "", False, guests,
+                                                         job_id=JOB)
     assert handoff.read(config, JOB, "n2.cluster") == NodeStatus("n2.cluster", FAILED,
-                                                                 "disk full")
+                                                                 "disk full", job_id=JOB)
     assert handoff.read(config, JOB, "n3") is None
     path = status_path(config, "n1")
     assert json.loads(path.read_text())["state"] == READY
@@ -100,8 +101,16 @@ def test_collect_returns_at_once_when_one_failed(config: Any) -> None:
     started = time.monotonic()
     got = handoff.collect(config, JOB, NODES, timeout=60, poll=5)
     assert time.monotonic() - started < 2
-    assert got["n2.cluster"] == NodeStatus("n2.cluster", FAILED, "libvirtd down")
+    assert got["n2.cluster"] == NodeStatus("n2.cluster", FAILED, "libvirtd down", job_id=JOB)
     assert "n1" not in got and "n3" not in got
+
+
+def test_a_starting_node_has_not_reported_yet(config: Any) -> None:
+    handoff.publish(config, JOB, NodeStatus("n1", READY))
+    handoff.publish(config, JOB, NodeStatus("n3", handoff.STARTING))
+    got = handoff.collect(config, JOB, ("n1", "n3"), timeout=3, poll=0, clock=Clock(1.0))
+    assert got["n3"].state == FAILED and "did not report" in got["n3"].reason
+    assert handoff.nodes_left(config, JOB) == ["n1", "n3"]
 
 
 def test_silence_past_the_timeout_fails_the_silent_node(config: Any) -> None:

@@ -16,11 +16,11 @@ from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vtorque.batch.torque import parse_exec_host
+from vtorque.batch.pbs import parse_exec_host
 from vtorque.mpi import hostfile, sshkeys
 from vtorque.mpi.hostfile import GuestEntry
 from vtorque.prologue import guests as guests_mod
-from vtorque.prologue.provision import node_index
+from vtorque.batch.base import node_index
 from vtorque.request import parse_request
 from vtorque.vm import addresses
 from vtorque.vm import lifecycle
@@ -206,8 +206,12 @@ def _check_node_ranks(job_id: str, request: Any, config: Any, nodes: tuple[str, 
     """Node i (by its position in the batch node list) starts ranks i*vms .. i*vms+vms-1."""
     started: dict[str, list[int]] = {}
 
-    def fake_up(job: str, req: Any, cfg: Any, *, first_rank: int = 0, addresses: Any = None,
-                extras: Any = None, **_: Any) -> lifecycle.UpResult:
+    def fake_check(job: str, req: Any, cfg: Any, catalog: Any = None) -> lifecycle.Plan:
+        return lifecycle.Plan(job, req, None)
+
+    def fake_start(plan: lifecycle.Plan, cfg: Any, *, first_rank: int = 0,
+                   addresses: Any = None, extras: Any = None, **_: Any) -> lifecycle.UpResult:
+        job, req = plan.job_id, plan.request
         ranks = list(range(first_rank, first_rank + req.vms_per_node))
         started[current] = ranks
         assert addresses is not None
@@ -215,7 +219,8 @@ def _check_node_ranks(job_id: str, request: Any, config: Any, nodes: tuple[str, 
                                                         address=addresses.address(r))
                                         for r in ranks])
 
-    monkeypatch.setattr(lifecycle, "up", fake_up)
+    monkeypatch.setattr(lifecycle, "check", fake_check)
+    monkeypatch.setattr(lifecycle, "start", fake_start)
     vms = request.vms_per_node
     for name in nodes:
         current = name

@@ -225,8 +225,9 @@ def test_racing_processes_never_get_the_same_function(root: Path, ib_config: Any
 
 def test_reaper_reclaims_functions_of_a_dead_job(root: Path, ib_config: Any,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from vtorque.batch.base import UnknownJobError
-    from vtorque.epilogue import reaper, teardown
+    from vtorque.admin import reaper
+    from vtorque.epilogue import teardown
+    from vtorque.errors import UnknownJobError
     vfs = fake_sysfs.connectx_node(root)
     pool.assign(ib_config, "11.srv", [0, 1])        # its prologue died before the job dir
     assert teardown.has_local_state("11.srv", ib_config)
@@ -334,7 +335,7 @@ def test_guest_environment() -> None:
 def test_ib_list_shows_functions_free_and_held(root: Path, ib_config: Any, capsys: Any,
                                                tmp_path: Path) -> None:
     import yaml
-    from vtorque import cli
+    from vtorque.admin import cli
     vfs = fake_sysfs.connectx_node(root)
     fake_sysfs.bind(root, vfs[7], "vfio-pci")
     pool.assign(ib_config, "12.srv", [0])
@@ -394,14 +395,18 @@ def test_specs_get_functions_q35_and_the_soft_roce_cmdline(make_config: Any, fix
 def test_cloud_images_set_soft_roce_up_before_the_ready_line(make_specs: Any) -> None:
     import yaml as yaml_mod
     from dataclasses import replace
+    from vtorque.prologue.guests import soft_roce_setup
     from vtorque.vm.seed import SeedExtras, seed_documents
     [spec] = make_specs("linux", network={"mode": "network"})
     spec = replace(spec, rdma="soft-roce")
     env = transport.job_environment("soft-roce", "ucx")
-    docs = seed_documents(spec, SeedExtras(env=env))
+    setup, device = soft_roce_setup("soft-roce")
+    assert soft_roce_setup("sriov") == soft_roce_setup(None) == ((), None)
+    docs = seed_documents(spec, SeedExtras(env=env, rdma_setup=setup, rdma_device=device))
     user = yaml_mod.safe_load(docs["user-data"].split("\n", 1)[1])
     assert user["runcmd"][:2] == [list(c) for c in transport.RXE_COMMANDS]
     assert "vtorque-ready" in user["runcmd"][2][2]
+    assert "rdma link show rxe0/1" in user["runcmd"][2][2]
     files = {f["path"]: f["content"] for f in user["write_files"]}
     assert files["/etc/security/limits.d/vtorque-rdma.conf"] == "* - memlock unlimited\n"
     assert "SetEnv VTORQUE_RDMA=soft-roce VTORQUE_RDMA_DEVICE=rxe0" in \
@@ -438,10 +443,11 @@ def test_vrdma_refused_at_submit_where_the_site_offers_none(make_config: Any) ->
 def test_vrdma_refused_for_osv_images(make_config: Any, fixed: Any) -> None:
     from vtorque.errors import ImageError
     from vtorque.request import check_image_matches, parse_request
-    req = parse_request("vrdma=yes", make_config())
+    cfg = make_config({"network": {"mode": "network"}})
+    req = parse_request("vrdma=yes", cfg)
     with pytest.raises(ImageError, match="OSv unikernel, which has no RDMA"):
-        check_image_matches(req, fixed.image("osv"))
-    check_image_matches(req, fixed.image("kernel"))
+        check_image_matches(req, fixed.image("osv"), cfg)
+    check_image_matches(req, fixed.image("kernel"), cfg)
 
 
 def test_rendered_domains_are_valid_libvirt_xml(make_specs: Any, tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from vtorque import images
+import vtorque.images.catalog  # noqa: F401  (patched below)
+import vtorque.images.checksums  # noqa: F401
 from vtorque.errors import ImageError
 from vtorque.images import Catalog
 
@@ -298,13 +300,13 @@ def test_checksum_cache_hit_avoids_rehashing(pool: Pool, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     pool.add_kernel_image()
     calls: list[str] = []
-    real = images._sha256_file
+    real = images.catalog.sha256_file
 
     def counting(path: str) -> str:
         calls.append(path)
         return real(path)
 
-    monkeypatch.setattr(images, "_sha256_file", counting)
+    monkeypatch.setattr(images.catalog, "sha256_file", counting)
     cache_dir = tmp_path / "cache" / "checksums"
     catalog = pool.catalog(checksum_cache=str(cache_dir))
     catalog.authorize("testguest")
@@ -330,12 +332,12 @@ def test_corrupt_checksum_cache_is_ignored(pool: Pool, tmp_path: Path) -> None:
     pool.add_kernel_image()
     cache_dir = tmp_path / "cache"
     cache_dir.mkdir(mode=0o700)
-    (cache_dir / images.CACHE_FILE).write_text("{not json")
+    (cache_dir / images.checksums.CACHE_FILE).write_text("{not json")
     catalog = pool.catalog(checksum_cache=str(cache_dir))
     catalog.authorize("testguest")
-    data = json.loads((cache_dir / images.CACHE_FILE).read_text())
+    data = json.loads((cache_dir / images.checksums.CACHE_FILE).read_text())
     assert len(data["entries"]) == 2
-    (cache_dir / images.CACHE_FILE).write_text('{"entries": {"x": 1}}')
+    (cache_dir / images.checksums.CACHE_FILE).write_text('{"entries": {"x": 1}}')
     catalog.authorize("testguest")
 
 
@@ -346,7 +348,7 @@ def test_cache_entry_with_wrong_checksum_is_not_trusted(pool: Pool, tmp_path: Pa
     st = os.lstat(pool.root / "d.qcow2")
     entry = {"id": [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns],
              "sha256": "cd" * 32}
-    (cache_dir / images.CACHE_FILE).write_text(
+    (cache_dir / images.checksums.CACHE_FILE).write_text(
         json.dumps({"entries": {str(pool.root / "d.qcow2"): entry}}))
     with pytest.raises(ImageError, match="does not match its sha256"):
         pool.catalog(checksum_cache=str(cache_dir)).authorize("d")

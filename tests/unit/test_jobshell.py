@@ -9,22 +9,23 @@ import pytest
 
 from tests.standins.osv_server import OsvStandin
 from vtorque import jobshell
+from vtorque.jobshell import ssh
 from vtorque.errors import VtorqueError
 from vtorque.vm import readiness
 
 
 def test_script_shell_follows_the_shebang():
-    assert jobshell.script_shell("#!/bin/bash -l\necho\n") == ("/bin/bash", ["-l"])
-    assert jobshell.script_shell("echo hi\n") == ("/bin/sh", [])
+    assert ssh.script_shell("#!/bin/bash -l\necho\n") == ("/bin/bash", ["-l"])
+    assert ssh.script_shell("echo hi\n") == ("/bin/sh", [])
     # A shebang that is not a plain path falls back to /bin/sh.
-    assert jobshell.script_shell("#!$(evil)\n") == ("/bin/sh", [])
+    assert ssh.script_shell("#!$(evil)\n") == ("/bin/sh", [])
 
 
 def test_guest_environment_translates_and_filters():
     env = {"PBS_JOBID": "1.s", "PBS_NODEFILE": "/var/spool/torque/aux/1.s",
            "PBS_O_WORKDIR": "/home/u", "PBS_O_PATH": "/evil", "LD_PRELOAD": "x.so",
            "HOME": "/home/u"}
-    out = jobshell.guest_environment(env, "1.s")
+    out = ssh.guest_environment(env, "1.s")
     assert out["PBS_NODEFILE"] == "/etc/vtorque/nodefile"
     assert out["OMPI_MCA_orte_default_hostfile"] == "/etc/vtorque/hostfile"
     assert out["PBS_O_WORKDIR"] == "/home/u"
@@ -37,7 +38,7 @@ def test_remote_command_quotes_every_value(tmp_path):
     hostile = "a'; touch pwned #$(touch pwned2)`touch pwned3`"
     workdir = tmp_path / "work dir"
     workdir.mkdir()
-    command = jobshell.remote_command({"PBS_JOBNAME": hostile}, str(workdir), "/bin/sh", [])
+    command = ssh.remote_command({"PBS_JOBNAME": hostile}, str(workdir), "/bin/sh", [])
     done = subprocess.run(["/bin/sh", "-c", command], input='printf %s "$PBS_JOBNAME"; pwd',
                           capture_output=True, text=True, cwd=tmp_path, timeout=10)
     assert done.stdout == hostile + str(workdir) + "\n"

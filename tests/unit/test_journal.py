@@ -13,32 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vtorque.errors import UserError
-from vtorque.journal import JobPaths, Journal, check_job_id, job_key
-
-@pytest.mark.parametrize("job_id", ["12", "123.server", "12[1].server.example.org",
-                                    "12_1", "4711@host", "job+1", "a", "9" * 128])
-def test_check_job_id_accepts_batch_system_ids(job_id: str) -> None:
-    assert check_job_id(job_id) == job_id
-
-
-@pytest.mark.parametrize("job_id", [
-    "", " ", "../x", "..", "12/..", "a/b", "/abs", "12 13", " 12", "12\n", "12;rm -rf /",
-    "$(id)", "`id`", "12|x", "12&", "a>b", "<x>", "12'", '12"', "-12", ".12", "_12",
-    "a..b", "9" * 129, "12\x00", "1<x>&\"'", "x*", "é1",
-])
-def test_check_job_id_refuses(job_id: str) -> None:
-    with pytest.raises(UserError, match="invalid job id"):
-        check_job_id(job_id)
-
-
-def test_check_job_id_refuses_non_strings() -> None:
-    with pytest.raises(UserError):
-        check_job_id(12)  # type: ignore[arg-type]
-
+from vtorque.errors import JobIdError
+from vtorque.journal import JobPaths, Journal, job_key
 
 def test_job_key_refuses_bad_ids() -> None:
-    with pytest.raises(UserError):
+    with pytest.raises(JobIdError):
         job_key("../etc")
 
 
@@ -46,7 +25,7 @@ def test_job_key_refuses_bad_ids() -> None:
     ["12", "123", "1234", "12.server", "123.server"],
     ["12[1]", "12[10]", "12_1_", "12_1", "12[1", "12_10_", "12[1]0"],
     ["1.x", "1_x", "1-x", "1+x", "1@x", "1[x", "1]x"],
-    ["a" * 40 + "1", "a" * 40 + "2", "a" * 41],
+    ["1" + "a" * 40 + "1", "1" + "a" * 40 + "2", "1" + "a" * 41],
 ])
 def test_job_key_is_unique_per_exact_id(ids: list[str]) -> None:
     keys = [job_key(job_id) for job_id in ids]
@@ -64,7 +43,7 @@ def test_job_key_is_stable_and_readable() -> None:
 
 
 @settings(database=None, deadline=None, max_examples=300)
-@given(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._\[\]@+-]{0,127}", fullmatch=True).filter(
+@given(st.from_regex(r"[0-9][A-Za-z0-9._\[\]@+-]{0,254}", fullmatch=True).filter(
     lambda s: ".." not in s))
 def test_job_key_is_file_and_domain_name_safe(job_id: str) -> None:
     key = job_key(job_id)
@@ -92,7 +71,7 @@ def test_job_paths_of_prefix_sharing_ids_are_disjoint(tmp_path: Path) -> None:
 
 
 def test_job_paths_refuse_bad_ids(tmp_path: Path) -> None:
-    with pytest.raises(UserError):
+    with pytest.raises(JobIdError):
         JobPaths.for_job("../../etc", str(tmp_path), str(tmp_path))
 
 

@@ -20,7 +20,8 @@ import libvirt
 import pytest
 import yaml
 
-from vtorque import cli, node
+from vtorque import node
+from vtorque.admin import cli
 from vtorque import config as config_mod
 from vtorque.errors import (
     CommandError,
@@ -94,6 +95,8 @@ def env(tmp_path: Path, pool_dir: Path, test_uri: str, add_kernel_image, monkeyp
         "libvirt_uri": test_uri,
         "defaults": {"ram": "64M"},
         "timeouts": {"teardown": 1},  # how long down() waits for a stuck guest
+        "log_file": str(tmp_path / "log" / "vtorque.log"),
+        "batch": {"shared_state_dir": str(tmp_path / "shared")},
     }
     config_path = tmp_path / "vtorque.yaml"
     config_path.write_text(yaml.safe_dump(data))
@@ -421,7 +424,7 @@ def test_cli_up_list_down(env: Env, capsys) -> None:
 def test_cli_refuses_a_bad_job_id(env: Env, capsys) -> None:
     assert cli.main(["--config", str(env.config_path), "vm", "down", "--job", "../x"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("vtorque: invalid job id") and err.count("\n") == 1
+    assert err.startswith("vtorque: --job: '../x' is not a job id") and err.count("\n") == 1
     assert not env.state.exists() or not any(env.state.rglob("*x*"))
 
 
@@ -436,12 +439,14 @@ def _with_sysfs(env: Env, root: Path):
     return config_mod.load(str(env.config_path)), vfs
 
 
-def test_up_passes_a_function_to_each_guest_and_down_releases_them(env: Env,
-                                                                    tmp_path: Path) -> None:
+def test_guests_get_a_function_each_and_teardown_releases_them(env: Env,
+                                                                tmp_path: Path) -> None:
+    from vtorque.epilogue.teardown import clean_node
     from vtorque.ibverbs import pool
+    from vtorque.prologue.guests import bring_up
     config, vfs = _with_sysfs(env, tmp_path / "sys")
-    result = lifecycle.up("12", env.request("img=testguest,vms_per_node=2,vrdma=yes"), config,
-                          rdma="sriov")
+    result, _ = bring_up("12", env.request("img=testguest,vms_per_node=2,vrdma=yes"), config,
+                         user=None)
     assert result.rdma == "sriov"
     held = {a.rank: a.pci for a in pool.assignments(config)}
     assert held == {0: vfs[0], 1: vfs[1]}
@@ -451,7 +456,7 @@ def test_up_passes_a_function_to_each_guest_and_down_releases_them(env: Env,
         slot, function = rest.split(".")
         assert f"bus='0x{bus}' slot='0x{slot}' function='0x{function}'" in xml
         assert "<locked/>" in xml and "q35" in xml
-    lifecycle.down("12", config)
+    clean_node("12", config)
     env.assert_nothing_left("12")
     assert pool.assignments(config) == []
 
@@ -459,9 +464,10 @@ def test_up_passes_a_function_to_each_guest_and_down_releases_them(env: Env,
 def test_too_few_functions_requeue_and_leave_nothing(env: Env, tmp_path: Path) -> None:
     from vtorque.errors import ResourceError
     from vtorque.ibverbs import pool
+    from vtorque.prologue.guests import bring_up
     config, _ = _with_sysfs(env, tmp_path / "sys")
     with pytest.raises(ResourceError, match="4 needed, 3 of 3 free"):
-        lifecycle.up("13", env.request("img=testguest,vms_per_node=4,vrdma=yes"), config,
-                     rdma="sriov")
+        bring_up("13", env.request("img=testguest,vms_per_node=4,vrdma=yes"), config,
+                 user=None)
     env.assert_nothing_left("13")
     assert pool.assignments(config) == []

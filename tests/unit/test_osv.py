@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.standins.osv_server import OsvStandin, chatter_bytes, parse_command_line
-from vtorque import osv
+from vtorque.jobshell import osv
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 OTHER = "fedcba9876543210fedcba9876543210"

@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from tests.standins import calls, install
-from vtorque import pbs_hooks
+from vtorque import hooks
 
 ROOT = Path(__file__).resolve().parents[2]
 HOOK = ROOT / "contrib" / "pbs_hooks" / "vtorque_hook.py"
@@ -147,9 +147,9 @@ def run_hook(pbs, source: str, event, local_node: str = "node1"):
 
 
 def hook_argv(fake: Fake, kind: str, user: str = "alice", role: str = "ms",
-              job_id: str = JOB) -> list[str]:
-    return [str(fake.path), "-E", "-s", "-m", "vtorque.cli", "--config", CONFIG, "hook",
-            "openpbs", kind, job_id, user, role]
+              job_id: str = JOB, node: str = "node1") -> list[str]:
+    return [str(fake.path), "-E", "-s", "-m", "vtorque.hooks", "--config", CONFIG,
+            "openpbs", kind, job_id, user, role, node]
 
 
 # --- 1. the hook script -------------------------------------------------------------------
@@ -596,8 +596,7 @@ def test_install_node_installs_the_job_shell(tmp_path: Path) -> None:
              "--job-shell", str(shell))
     assert stat.S_IMODE(shell.stat().st_mode) == 0o755
     assert shell.read_text().splitlines()[-1] == (
-        f'exec {sys.executable} -E -s -m vtorque.cli --config /etc/site/vt.yaml '
-        'job-shell "$@"')
+        f'exec {sys.executable} -E -s -m vtorque.jobshell --config /etc/site/vt.yaml "$@"')
     done = _install("--node", "--python", str(tmp_path / "nope"), "--job-shell",
                     str(tmp_path / "js2"), check=False)
     assert done.returncode == 1 and not (tmp_path / "js2").exists()
@@ -656,7 +655,7 @@ class Site:
         return self.db
 
     def main(self, event: str, *args: str) -> int:
-        return pbs_hooks.main(event, list(args), str(self.config))
+        return hooks.main("openpbs", event, list(args), str(self.config))
 
     def qstat_calls(self) -> list[list[str]]:
         return [c["argv"] for c in calls(self.db) if c["prog"] == "qstat"]
@@ -667,55 +666,9 @@ def site(tmp_path: Path, config_data: dict[str, Any]) -> Site:
     return Site(tmp_path, config_data)
 
 
-def test_main_non_vm_job_passes_through(site: Site, no_libvirt: None,
-                                        capsys: pytest.CaptureFixture) -> None:
-    job = dict(PBS_JOB, Variable_List={"PBS_O_WORKDIR": "/home/alice"})
-    site.jobs({JOB: job})
-    assert site.main("prologue", JOB, "alice", "ms") == 0
-    assert site.qstat_calls() == [["qstat", "-f", "-F", "json", "-x", JOB]]
-    assert capsys.readouterr().err == ""
-
-
 def test_main_short_id_is_completed_by_the_server(site: Site, no_libvirt: None) -> None:
     site.jobs({JOB: dict(PBS_JOB, Variable_List={})})
     assert site.main("prologue", "42", "alice", "sister") == 0
-
-
-@pytest.mark.parametrize("request_text", ["vcpus=100000", "img=../../etc/passwd",
-                                          "bogus=1", "ram=1T"])
-def test_main_invalid_request_aborts(site: Site, no_libvirt: None, request_text: str,
-                                     capsys: pytest.CaptureFixture) -> None:
-    site.jobs({JOB: dict(PBS_JOB, Variable_List={"VTORQUE_VM": request_text})})
-    assert site.main("prologue", JOB, "alice", "ms") == 1
-    assert "refused" in capsys.readouterr().err
-
-
-def test_main_unknown_job_requeues(site: Site, capsys: pytest.CaptureFixture) -> None:
-    site.jobs({})
-    assert site.main("prologue", JOB, "alice", "ms") == 2
-    assert "unknown to the batch server" in capsys.readouterr().err
-
-
-def test_main_unreachable_server_requeues(site: Site) -> None:
-    site.jobs({JOB: PBS_JOB}, fail={"qstat": {"exit": 1, "stderr":
-                                              "Connection refused\nqstat: cannot connect\n"}})
-    assert site.main("prologue", JOB, "alice", "ms") == 2
-    assert site.main("launch", JOB, "alice", "ms") == 2
-
-
-def test_main_owner_mismatch_aborts(site: Site, no_libvirt: None,
-                                   capsys: pytest.CaptureFixture) -> None:
-    site.jobs({JOB: PBS_JOB})
-    assert site.main("prologue", JOB, "mallory", "ms") == 1
-    assert "the server says 'alice'" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("run_count, status", [(1, 2), (3, 2), (4, 1)])
-def test_main_node_fault_requeues_until_max_requeues(site: Site, no_libvirt: None,
-                                                     run_count: int, status: int) -> None:
-    site.write_config(node_name="n9")           # this node is not among the job's nodes
-    site.jobs({JOB: dict(PBS_JOB, run_count=run_count)})
-    assert site.main("prologue", JOB, "alice", "sister") == status
 
 
 def test_main_launch_prints_the_job_shell_for_a_vm_job(site: Site,
@@ -760,24 +713,6 @@ def test_main_teardown_without_state_needs_no_server(site: Site, event: str) -> 
     assert calls(site.db) == []
 
 
-def test_main_failed_teardown_returns_1_and_offlines(site: Site, monkeypatch: pytest.MonkeyPatch,
-                                                     capsys: pytest.CaptureFixture) -> None:
-    from vtorque.errors import HypervisorError
-    from vtorque.journal import JobPaths
-    from vtorque.vm import lifecycle
-
-    def down(job_id: str, config: Any) -> list[str]:
-        raise HypervisorError("libvirtd is not answering")
-    monkeypatch.setattr(lifecycle, "down", down)
-    cfg_data = yaml.safe_load(site.config.read_text())
-    os.makedirs(JobPaths.for_job(JOB, cfg_data["state_dir"], cfg_data["ramdisk_dir"]).job_dir)
-    site.jobs({})
-    assert site.main("end", JOB, "alice", "sister") == 1
-    assert "incomplete: libvirtd is not answering" in capsys.readouterr().err
-    [offline] = [c["argv"] for c in calls(site.db) if c["prog"] == "pbsnodes"]
-    assert offline[:3] == ["pbsnodes", "-o", "-C"] and offline[-1] == "n1"
-
-
 def test_main_epilogue_is_a_no_op(site: Site) -> None:
     assert site.main("epilogue", JOB, "alice", "ms") == 0
     assert calls(site.db) == []
@@ -797,31 +732,23 @@ def test_main_bad_arguments(site: Site, event: str, args: list[str], status: int
     assert calls(site.db) == []
 
 
-def test_main_broken_config(site: Site, tmp_path: Path) -> None:
-    missing = str(tmp_path / "missing.yaml")
-    assert pbs_hooks.main("prologue", [JOB, "alice", "ms"], missing) == 2
-    assert pbs_hooks.main("end", [JOB, "alice", "ms"], missing) == 1
-
-
-def test_main_wrong_batch_system(site: Site, capsys: pytest.CaptureFixture) -> None:
+def test_end_tears_down_whatever_batch_system_the_config_names(site: Site) -> None:
     site.write_config(batch={"system": "torque"})
     site.jobs({JOB: PBS_JOB})
-    assert site.main("prologue", JOB, "alice", "ms") == 2
-    assert "batch.system: torque" in capsys.readouterr().err
-    assert site.main("end", JOB, "alice", "ms") == 0                # teardown still runs
+    assert site.main("end", JOB, "alice", "ms") == 0
 
 
 # --- 4. the hook and vtorque's side together ----------------------------------------------
 
 BRIDGE = """\
 #!{python}
-# Plays `python -E -s -m vtorque.cli --config C hook openpbs EVENT ARGS...` (tests only).
+# Plays `python -E -s -m vtorque.hooks --config C openpbs EVENT ARGS...` (tests only).
 import sys
-from vtorque.pbs_hooks import main
+from vtorque import hooks
 a = sys.argv[1:]
-assert a[:5] == ["-E", "-s", "-m", "vtorque.cli", "--config"], a
-assert a[6:8] == ["hook", "openpbs"], a
-sys.exit(main(a[8], a[9:], a[5]))
+assert a[:5] == ["-E", "-s", "-m", "vtorque.hooks", "--config"], a
+assert a[6] == "openpbs", a
+sys.exit(hooks.main("openpbs", a[7], a[8:], a[5]))
 """
 
 
@@ -836,7 +763,7 @@ def bridge(tmp_path: Path) -> Path:
 def test_together_invalid_request_deletes_the_job(pbs, site: Site, bridge: Path) -> None:
     site.jobs({JOB: dict(PBS_JOB, Variable_List={"VTORQUE_VM": "vcpus=100000"})})
     event = make_event(pbs, "prologue", vm="vcpus=2")      # the event's copy is not used
-    run_hook(pbs, render(str(bridge), config=str(site.config)), event)
+    run_hook(pbs, render(str(bridge), config=str(site.config)), event, local_node="n1")
     assert event.accepted is False and event.job.delete_requested
     assert "refused" in event.reject_message and "vcpus" in event.reject_message
 
@@ -844,19 +771,19 @@ def test_together_invalid_request_deletes_the_job(pbs, site: Site, bridge: Path)
 def test_together_the_server_decides_vm_or_not(pbs, site: Site, bridge: Path) -> None:
     site.jobs({JOB: dict(PBS_JOB, Variable_List={})})
     event = make_event(pbs, "prologue")                     # the event claims VMs
-    run_hook(pbs, render(str(bridge), config=str(site.config)), event)
+    run_hook(pbs, render(str(bridge), config=str(site.config)), event, local_node="n1")
     assert event.accepted is True
     launch = make_event(pbs, "launch")
-    run_hook(pbs, render(str(bridge), config=str(site.config)), launch)
+    run_hook(pbs, render(str(bridge), config=str(site.config)), launch, local_node="n1")
     assert launch.accepted is True and launch.progname == "/bin/bash"
 
 
 def test_together_unknown_job_requeues_and_end_is_clean(pbs, site: Site, bridge: Path) -> None:
     site.jobs({})
     event = make_event(pbs, "prologue")
-    run_hook(pbs, render(str(bridge), config=str(site.config)), event)
+    run_hook(pbs, render(str(bridge), config=str(site.config)), event, local_node="n1")
     assert event.accepted is False and event.job.rerun_requested
     assert "unknown to the batch server" in event.reject_message
     end = make_event(pbs, "end")
-    run_hook(pbs, render(str(bridge), config=str(site.config)), end)
+    run_hook(pbs, render(str(bridge), config=str(site.config)), end, local_node="n1")
     assert end.accepted is True

@@ -1,5 +1,6 @@
 """Unit tests of vtorque.prologue.provision: one node's prologue for any batch system, with
-the guests replaced (guests.bring_up monkeypatched), so no libvirt is needed."""
+the guests replaced (guests.bring_up and lifecycle.down monkeypatched), so no libvirt is
+needed; and of the Outcome it returns (vtorque.outcome)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from vtorque.batch.base import JobContext
+from vtorque.batch.base import JobContext, node_index
+from vtorque.cluster import handoff
 from vtorque.errors import HypervisorError, ImageError, NodeError, RequestError
-from vtorque.epilogue import teardown
 from vtorque.mpi.hostfile import GuestEntry
-from vtorque.prologue import guests, handoff, provision
-from vtorque.prologue.provision import ABORT, REQUEUE, RUN, node_fault, node_index
+from vtorque.outcome import ABORT, OTHER_NODES, REQUEUE, THIS_NODE, USER, Outcome
+from vtorque.prologue import guests, provision
 from vtorque.vm import lifecycle
 
 JOB = "31.head"
@@ -52,7 +53,8 @@ class Recorder:
         self.user_files: list[tuple[str, str, int]] = []
 
     def bring_up(self, job_id: str, request: Any, config: Any, *, user: str | None,
-                 node_index: int = 0, node_count: int = 1) -> Any:
+                 node_index: int = 0, node_count: int = 1, node: str | None = None,
+                 run: int = 0) -> Any:
         self.up_calls.append({"job": job_id, "request": request, "user": user,
                               "index": node_index, "count": node_count})
         if self.error is not None:
@@ -66,8 +68,8 @@ class Recorder:
                     for r in range(node_count * vms)]
         return result, everyone
 
-    def clean_node(self, job_id: str, config: Any, *, mother_superior: bool) -> list[str]:
-        self.cleaned.append((job_id, mother_superior))
+    def down(self, job_id: str, config: Any) -> list[str]:
+        self.cleaned.append((job_id, False))
         return []
 
     def write_user_files(self, job_id: str, config: Any, user: str, entries: list,
@@ -81,7 +83,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Recorder:
     rec = Recorder()
     monkeypatch.setattr(guests, "bring_up", rec.bring_up)
     monkeypatch.setattr(guests, "write_user_files", rec.write_user_files)
-    monkeypatch.setattr(teardown, "clean_node", rec.clean_node)
+    monkeypatch.setattr(lifecycle, "down", rec.down)
     return rec
 
 
@@ -110,14 +112,18 @@ def test_node_index_refuses(name: str, nodes: tuple[str, ...]) -> None:
         node_index(name, nodes)
 
 
-# --- node_fault -------------------------------------------------------------------------------
+# --- the requeue limit -------------------------------------------------------------------
 
+@pytest.mark.parametrize("fault", [THIS_NODE, OTHER_NODES])
 @pytest.mark.parametrize("run_count,action", [(0, REQUEUE), (1, REQUEUE), (2, REQUEUE),
                                               (3, ABORT), (50, ABORT)])
-def test_node_fault_requeues_until_max_requeues(config: Any, run_count: int,
+def test_node_faults_requeue_until_max_requeues(fault: str, run_count: int,
                                                 action: str) -> None:
-    outcome = node_fault(context(run_count=run_count), config, "vtorque: disk full")
-    assert outcome.action == action
+    made = (Outcome.node_fault("vtorque: disk full", "n1") if fault == THIS_NODE
+            else Outcome.others_fault("vtorque: disk full", ("n2",)))
+    outcome = made.within_limit(run_count, 2)
+    assert outcome.action == action and outcome.fault == fault
+    assert outcome.final == (action == ABORT)
     assert outcome.message.startswith("vtorque: disk full")
     if action == ABORT:
         assert "batch.max_requeues=2" in outcome.message and "aborting" in outcome.message
@@ -126,10 +132,14 @@ def test_node_fault_requeues_until_max_requeues(config: Any, run_count: int,
         assert outcome.message == "vtorque: disk full"
 
 
-def test_node_fault_with_no_requeues_allowed(make_config: Any) -> None:
-    cfg = make_config({"batch": {"max_requeues": 0}})
-    assert node_fault(context(run_count=1), cfg, "x").action == ABORT
-    assert node_fault(context(run_count=0), cfg, "x").action == REQUEUE
+def test_no_requeues_allowed() -> None:
+    assert Outcome.node_fault("x", "n1").within_limit(1, 0).action == ABORT
+    assert Outcome.node_fault("x", "n1").within_limit(0, 0).action == REQUEUE
+
+
+def test_the_limit_never_touches_user_errors_or_success() -> None:
+    for outcome in (Outcome.user_error("bad"), Outcome.run()):
+        assert outcome.within_limit(99, 0) == outcome
 
 
 # --- provision ----------------------------------------------------------------------------
@@ -144,7 +154,7 @@ def test_non_vm_job_runs_without_touching_anything(config: Any,
     for vm in (None, ""):
         for ms in (True, False):
             assert provision.provision(context(vm=vm), config,
-                                       mother_superior=ms) == provision.Outcome(RUN)
+                                       mother_superior=ms) == Outcome.run()
     assert not os.path.exists(config.batch.shared_state_dir)
     assert not os.path.exists(config.state_dir)
 
@@ -155,7 +165,7 @@ def test_user_error_aborts_and_publishes_a_user_fault(config: Any, fake: Recorde
                                                       error: Exception) -> None:
     fake.error = error
     outcome = provision.provision(context(), config, mother_superior=True)
-    assert outcome.action == ABORT
+    assert outcome.action == ABORT and outcome.fault == USER
     assert outcome.message == f"vtorque: job {JOB} refused: {error}"
     status = handoff.read(config, JOB, "n1")
     assert status.state == handoff.FAILED and status.user_fault
@@ -170,12 +180,11 @@ def test_invalid_request_is_refused_before_bring_up(config: Any, fake: Recorder)
     assert handoff.read(config, JOB, "n1").user_fault
 
 
-@pytest.mark.parametrize("run_count,action", [(1, REQUEUE), (3, ABORT)])
-def test_node_error_requeues_then_aborts(config: Any, fake: Recorder, run_count: int,
-                                         action: str) -> None:
+@pytest.mark.parametrize("run_count", [1, 3])
+def test_node_error_is_this_nodes_fault(config: Any, fake: Recorder, run_count: int) -> None:
     fake.error = HypervisorError("cannot connect to libvirt")
     outcome = provision.provision(context(run_count=run_count), config, mother_superior=True)
-    assert outcome.action == action
+    assert (outcome.action, outcome.fault, outcome.nodes) == (REQUEUE, THIS_NODE, ("n1",))
     assert "node n1 failed to start the job's guests: cannot connect to libvirt" \
         in outcome.message
     status = handoff.read(config, JOB, "n1")
@@ -186,13 +195,14 @@ def test_node_error_requeues_then_aborts(config: Any, fake: Recorder, run_count:
 def test_this_node_not_in_the_job_requeues(config: Any, fake: Recorder) -> None:
     outcome = provision.provision(context(nodes=("n7", "n8")), config, mother_superior=False)
     assert outcome.action == REQUEUE and "not among the job's nodes" in outcome.message
+    assert outcome.fault == THIS_NODE
     assert fake.up_calls == []
 
 
 def test_sister_success_runs_and_publishes_ready(sister_config: Any, fake: Recorder) -> None:
     outcome = provision.provision(context(nodes=("n1.c", "n2.c"), vm="vcpus=2;vms_per_node=2"),
                                   sister_config, mother_superior=False)
-    assert outcome == provision.Outcome(RUN)
+    assert outcome == Outcome.run()
     assert fake.up_calls[0]["index"] == 1 and fake.up_calls[0]["count"] == 2
     assert fake.up_calls[0]["user"] == "alice"
     assert fake.up_calls[0]["request"].vcpus == 2
@@ -210,21 +220,19 @@ def test_mother_superior_waits_for_all_then_writes_the_user_files(config: Any,
                                                                   fake: Recorder) -> None:
     handoff.publish(config, JOB, handoff.NodeStatus("n2", handoff.READY, run=1))
     outcome = provision.provision(context(), config, mother_superior=True)
-    assert outcome == provision.Outcome(RUN)
+    assert outcome == Outcome.run()
     assert fake.user_files == [(JOB, "alice", 2)]
     assert fake.cleaned == []
 
 
-@pytest.mark.parametrize("run_count,action", [(1, REQUEUE), (3, ABORT)])
+@pytest.mark.parametrize("run_count", [1, 3])
 def test_mother_superior_rolls_back_when_a_sister_fails(config: Any, fake: Recorder,
-                                                        run_count: int, action: str) -> None:
+                                                        run_count: int) -> None:
     handoff.publish(config, JOB, handoff.NodeStatus("n2", handoff.FAILED, "disk full on n2",
                                                     run=run_count))
     outcome = provision.provision(context(run_count=run_count), config, mother_superior=True)
-    assert outcome.action == action
+    assert (outcome.action, outcome.fault, outcome.nodes) == (REQUEUE, OTHER_NODES, ("n2",))
     assert "n2: disk full on n2" in outcome.message
-    if action == ABORT:
-        assert "aborting" in outcome.message
     assert [job for job, _ in fake.cleaned] == [JOB]
     assert fake.user_files == []
 
@@ -243,7 +251,7 @@ def test_mother_superior_aborts_when_a_sister_refused_the_request(config: Any,
 def test_mother_superior_requeues_when_a_sister_stays_silent(config: Any,
                                                              fake: Recorder) -> None:
     outcome = provision.provision(context(), config, mother_superior=True)
-    assert outcome.action == REQUEUE
+    assert (outcome.action, outcome.fault, outcome.nodes) == (REQUEUE, OTHER_NODES, ("n2",))
     assert "n2: node n2 did not report its guests within 0.3 s" in outcome.message
     assert [job for job, _ in fake.cleaned] == [JOB]
 
@@ -255,7 +263,7 @@ def test_failing_user_files_roll_back(config: Any, fake: Recorder,
     monkeypatch.setattr(guests, "write_user_files", no_user)
     handoff.publish(config, JOB, handoff.NodeStatus("n2", handoff.READY, run=1))
     outcome = provision.provision(context(), config, mother_superior=True)
-    assert outcome.action == REQUEUE
+    assert (outcome.action, outcome.fault, outcome.nodes) == (REQUEUE, THIS_NODE, ("n1",))
     assert "n1: cannot write the job's files" in outcome.message
     assert [job for job, _ in fake.cleaned] == [JOB]
 
@@ -265,7 +273,7 @@ def test_failing_rollback_still_reports_the_first_failure(config: Any, fake: Rec
                                                          ) -> None:
     def broken(*args: Any, **kwargs: Any) -> list[str]:
         raise NodeError("libvirtd gone")
-    monkeypatch.setattr(teardown, "clean_node", broken)
+    monkeypatch.setattr(lifecycle, "down", broken)
     handoff.publish(config, JOB, handoff.NodeStatus("n2", handoff.FAILED, "no kvm", run=1))
     outcome = provision.provision(context(), config, mother_superior=True)
     assert outcome.action == REQUEUE and "n2: no kvm" in outcome.message

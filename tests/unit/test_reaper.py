@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
-from vtorque.batch.base import BatchSystem, JobContext, UnknownJobError
-from vtorque.epilogue import reaper, teardown
+from vtorque.batch.base import BatchSystem, JobContext
+from vtorque.errors import UnknownJobError
+from vtorque.admin import reaper
+from vtorque.epilogue import teardown
 from vtorque.errors import CommandError, NodeError, TeardownError
 from vtorque.journal import JobPaths, Journal
 
@@ -56,8 +58,8 @@ def config(make_config: Any, tmp_path: Path) -> Any:
 def cleaned(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
     done: list[tuple[str, bool]] = []
 
-    def clean_node(job_id: str, config: Any, *, mother_superior: bool) -> list[str]:
-        done.append((job_id, mother_superior))
+    def clean_node(job_id: str, config: Any, *, domains: bool = False) -> list[str]:
+        done.append((job_id, domains))
         return []
     monkeypatch.setattr(teardown, "clean_node", clean_node)
     return done
@@ -110,7 +112,7 @@ def test_failed_cleanup_is_reported_not_reaped(config: Any, monkeypatch: pytest.
                                                ) -> None:
     local(monkeypatch, {"2.h", "7.h"})
 
-    def clean_node(job_id: str, cfg: Any, *, mother_superior: bool) -> list[str]:
+    def clean_node(job_id: str, cfg: Any, *, domains: bool = False) -> list[str]:
         if job_id == "2.h":
             raise TeardownError(job_id, ["guest x still exists"])
         return []

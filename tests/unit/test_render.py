@@ -105,10 +105,45 @@ def test_golden_osv_with_network(make_specs) -> None:
     assert root.find("metadata/vt:job", NS).get("image") == "osv-hello"
 
 
+def test_golden_vfio_function_and_an_isolated_nic(make_specs) -> None:
+    """A guest with an SR-IOV function (VFIO on q35, memory locked) on a job network with
+    per-job isolation (the nwfilter with the job's peers) and a site MTU."""
+    from vtorque.vm.addresses import AddressBlock
+    block = AddressBlock("12.server", first=(10 << 24) | (7 << 8) | 16, size=2, prefix=24,
+                         gateway="10.0.7.1")
+    spec = make_specs("linux", "vcpus=2,ram=1G,vrdma=yes", domain_type="qemu",
+                      network={"mode": "network", "name": "vtnet", "mtu": 9000,
+                               "subnet": "10.0.7.0/24", "gateway": "10.0.7.1"},
+                      addresses=block, rdma="sriov",
+                      functions={0: "0000:81:00.3"})[0]
+    root = check_golden("linux-vfio-isolated-nic.xml", domain_xml(spec))
+    assert root.find("os/type").get("machine") == "q35"
+    assert root.find("memoryBacking/locked") is not None
+    assert root.findtext("memtune/hard_limit") == str(1024 + 1024)
+    source = root.find("devices/hostdev/source/address")
+    assert (source.get("domain"), source.get("bus"), source.get("slot"),
+            source.get("function")) == ("0x0000", "0x81", "0x00", "0x3")
+    assert root.find("devices/hostdev").get("managed") == "yes"
+    nic = root.find("devices/interface")
+    assert nic.find("mtu").get("size") == "9000"
+    ref = nic.find("filterref")
+    assert ref.get("filter") == "vtorque-job"
+    params = [(p.get("name"), p.get("value")) for p in ref.findall("parameter")]
+    assert params == [("IP", "10.0.7.16"), ("PEERS", "10.0.7.16"), ("PEERS", "10.0.7.17"),
+                      ("PEERS", "10.0.7.1")]
+
+
+def test_osv_guests_get_the_sites_mtu_too(make_specs) -> None:
+    spec = make_specs("osv", network={"mode": "network", "mtu": 1450})[0]
+    root = ET.fromstring(domain_xml(spec))
+    assert root.find("devices/interface/mtu").get("size") == "1450"
+
+
 @pytest.mark.skipif(REGEN, reason="the golden files are being written")
 def test_golden_files_are_all_used() -> None:
     assert sorted(p.name for p in GOLDEN.glob("*.xml")) == [
-        "kernel-no-network.xml", "linux-overlay-scratch-bridge-pinned.xml", "osv-network.xml"]
+        "kernel-no-network.xml", "linux-overlay-scratch-bridge-pinned.xml",
+        "linux-vfio-isolated-nic.xml", "osv-network.xml"]
 
 
 NASTY = "1<x>&\"' ]]> <!-- --> &amp;"
@@ -119,9 +154,10 @@ def test_metacharacters_are_escaped(make_specs, kind: str) -> None:
     spec = make_specs(kind, network={"mode": "network"})[0]
     spec = replace(
         spec, job_id=NASTY, hostname=NASTY, image_name=NASTY, name="vm<&>\"'",
+        title=f"vtorque job {NASTY}",
         console_log=f"/var/log/{NASTY}.log",
         cmdline=None if spec.cmdline is None else spec.cmdline + " x=" + NASTY,
-        nic=NicSpec("network", "net&<'\">", spec.nic.mac),
+        nic=NicSpec("network", "net&<'\">", spec.nic.mac, 1500),
         overlay=replace(spec.overlay, path=f"/j/{NASTY}.qcow2") if spec.overlay else None,
         seed=DiskSpec(f"/j/{NASTY}.iso", "raw", "vdb", True) if spec.seed else None)
     xml = domain_xml(spec)
@@ -146,6 +182,17 @@ def test_metacharacters_are_escaped(make_specs, kind: str) -> None:
     assert len(root.findall("metadata/*")) == 1
 
 
-def test_rendering_is_deterministic(make_specs) -> None:
-    spec = make_specs("linux", "disk=1G", network={"mode": "bridge"})[0]
-    assert domain_xml(spec) == domain_xml(spec)
+@pytest.mark.parametrize("kind", ["linux", "kernel", "osv"])
+def test_the_template_decides_nothing(make_specs, kind: str) -> None:
+    """The XML follows the spec's decisions only: the kind of guest, as such, changes
+    nothing; the facts decided from it (machine, CPU mode, arch, rng) change exactly their
+    elements."""
+    spec = make_specs(kind, network={"mode": "network"})[0]
+    other = "osv" if kind != "osv" else "linux"
+    assert domain_xml(replace(spec, kind=other)) == domain_xml(spec)
+    changed = ET.fromstring(domain_xml(replace(spec, machine="isapc", cpu_mode=None,
+                                               arch="aarch64", rng=not spec.rng)))
+    assert changed.find("os/type").get("machine") == "isapc"
+    assert changed.find("os/type").get("arch") == "aarch64"
+    assert changed.find("cpu") is None
+    assert (changed.find("devices/rng") is not None) == (not spec.rng)

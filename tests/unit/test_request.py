@@ -379,6 +379,7 @@ class FakeImage:
     name: str
     distro: str
     arch: str = "x86_64"
+    kind: str = "linux"
 
 
 def test_image_name_prefers_img(cfg) -> None:
@@ -405,17 +406,17 @@ def test_image_name_site_default(make_config) -> None:
 
 
 def test_check_image_matches(cfg) -> None:
-    check_image_matches(parse_request("img=deb12", cfg), FakeImage("deb12", "debian"))
+    check_image_matches(parse_request("img=deb12", cfg), FakeImage("deb12", "debian"), cfg)
     check_image_matches(parse_request("img=deb12,distro=debian", cfg),
-                        FakeImage("deb12", "debian"))
+                        FakeImage("deb12", "debian"), cfg)
     with pytest.raises(ImageError, match="distro 'debian', but the request asks for "
                                          "distro 'rocky'"):
         check_image_matches(parse_request("img=deb12,distro=rocky", cfg),
-                            FakeImage("deb12", "debian"))
+                            FakeImage("deb12", "debian"), cfg)
     with pytest.raises(ImageError, match="arch 'aarch64', but the request asks for "
                                          "arch 'x86_64'"):
         check_image_matches(parse_request("img=deb12", cfg),
-                            FakeImage("deb12", "debian", "aarch64"))
+                            FakeImage("deb12", "debian", "aarch64"), cfg)
 
 
 # --- the job variable between vsub and the root side ---------------------------------------

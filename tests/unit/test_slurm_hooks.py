@@ -1,17 +1,16 @@
 """Slurm hooks without a running Slurm.
 
-1. vtorque/slurm_hooks.py main() against the Slurm stand-ins (tests/standins/slurm): the
-   job is read back with scontrol, user errors cancel the job and keep the node, node
-   faults drain the node and fail the Prolog (or, past the limit, cancel), a fault of
-   another node requeues held from the mother superior without draining it, the Epilog
-   tears down and needs nothing for a job that never ran here. No guest is ever booted.
+1. What only Slurm's hooks do (vtorque/hooks/slurm.py) against the Slurm stand-ins
+   (tests/standins/slurm): AdminComment, scancel, drain reasons, requeuehold from the
+   mother superior for another node's fault, --no-requeue jobs, the limit without a
+   drain. The contract all three schedulers share is in test_hook_contract.py. No guest
+   is ever booted.
 2. contrib/slurm/prolog and epilog: the fast paths, the arguments and the clean
    environment they pass (a fake python records them), and install.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import subprocess
@@ -25,8 +24,9 @@ import pytest
 import yaml
 
 from tests.standins import calls, install, read_db
-from vtorque import hooks, slurm_hooks
-from vtorque.errors import ImageError, NodeError
+from vtorque import hooks
+from vtorque.hooks import slurm as slurm_hooks
+from vtorque.errors import NodeError
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRIB = ROOT / "contrib" / "slurm"
@@ -65,8 +65,8 @@ class Site:
 
     def main(self, event: str, node: str = "n1", args: tuple[str, ...] = (),
              **env: str) -> int:
-        return slurm_hooks.main(event, list(args), str(self.config),
-                                environ=self.env(node, **env))
+        return hooks.main("slurm", event, list(args), str(self.config),
+                          environ=self.env(node, **env))
 
     def argvs(self, prog: str | None = None) -> list[list[str]]:
         return [c["argv"] for c in calls(self.db) if prog is None or c["prog"] == prog]
@@ -88,7 +88,8 @@ def fake_bring_up(monkeypatch: pytest.MonkeyPatch, error: Exception | None = Non
     from vtorque.prologue import guests
     seen: list = []
 
-    def bring_up(job_id, request, config, *, user, node_index=0, node_count=1):
+    def bring_up(job_id, request, config, *, user, node_index=0, node_count=1, node=None,
+                 run=0):
         seen.append((job_id, user, node_index, node_count))
         if error is not None:
             raise error
@@ -104,21 +105,15 @@ def fake_bring_up(monkeypatch: pytest.MonkeyPatch, error: Exception | None = Non
 def publish_sister(site: Site, node: str = "n2", ok: bool = True,
                    reason: str = "libvirtd is down", user_fault: bool = False) -> None:
     from vtorque import config as config_mod
-    from vtorque.prologue import handoff
+    from vtorque.cluster import handoff
     cfg = config_mod.load(str(site.config))
-    status = handoff.NodeStatus(node, handoff.READY) if ok else handoff.NodeStatus(
-        node, handoff.FAILED, reason, user_fault=user_fault)
+    status = handoff.NodeStatus(node, handoff.READY, run=1) if ok else handoff.NodeStatus(
+        node, handoff.FAILED, reason, user_fault=user_fault, run=1)
     handoff.publish(cfg, JOB, status)
 
 
 # --- 1. main() ----------------------------------------------------------------------------
 
-def test_non_vm_job_passes_with_one_scontrol_call(site: Site, no_libvirt: None,
-                                                  capsys: pytest.CaptureFixture) -> None:
-    site.jobs({JOB: dict(VM_JOB, Comment="just a comment")})
-    assert site.main("prolog") == 0
-    assert site.argvs() == [["scontrol", "show", "job", "-dd", JOB]]
-    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("request_text", ["vcpus=100000", "img=../../etc/passwd",
@@ -138,16 +133,6 @@ def test_invalid_request_cancels_the_job_and_keeps_the_node(
     assert "refused" in capsys.readouterr().err
 
 
-def test_image_withdrawn_after_submission_is_a_user_error(site: Site,
-                                                          monkeypatch: pytest.MonkeyPatch
-                                                          ) -> None:
-    fake_bring_up(monkeypatch, ImageError("image 'deb12' is not in the catalog"))
-    site.jobs({JOB: dict(VM_JOB, Comment="vtorque:img=deb12")})
-    assert site.main("prolog", node="n2") == 0
-    assert site.job()["JobState"] == "CANCELLED"
-    assert "not in the catalog" in site.job()["AdminComment"]
-    assert site.nodes() == {}
-
 
 def test_ambiguous_record_is_a_user_error(site: Site, no_libvirt: None) -> None:
     site.jobs({JOB: dict(VM_JOB, JobName="x\n   UserId=root(0)")})
@@ -155,12 +140,6 @@ def test_ambiguous_record_is_a_user_error(site: Site, no_libvirt: None) -> None:
     assert site.job()["JobState"] == "CANCELLED"
     assert "ambiguous" in site.job()["AdminComment"] and site.nodes() == {}
 
-
-def test_owner_disagreement_is_refused(site: Site, no_libvirt: None) -> None:
-    site.jobs({JOB: VM_JOB})
-    assert site.main("prolog", SLURM_JOB_USER="mallory") == 0
-    assert "slurmd says user 'mallory'" in site.job()["AdminComment"]
-    assert site.job()["JobState"] == "CANCELLED"
 
 
 def test_node_fault_drains_this_node_and_fails_the_prolog(site: Site,
@@ -234,7 +213,7 @@ def test_mother_superior_runs_the_job_once_every_node_is_ready(
 
 def test_another_nodes_fault_requeues_held_without_draining_this_node(
         site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pins provision()'s message for a fault elsewhere (fault_elsewhere)."""
+    """Another node's fault (Outcome.fault other-nodes) is not this node's."""
     fake_bring_up(monkeypatch)
     site.jobs({JOB: VM_JOB})
     publish_sister(site, ok=False, reason="libvirtd is down")
@@ -264,15 +243,6 @@ def test_another_nodes_user_error_cancels(site: Site, monkeypatch: pytest.Monkey
     assert site.job()["JobState"] == "CANCELLED" and site.nodes() == {}
 
 
-def test_fault_elsewhere_reads_provisions_messages() -> None:
-    assert slurm_hooks.fault_elsewhere(
-        "vtorque: job 42 could not start its guests: n2: libvirtd down", "42", "n1")
-    assert not slurm_hooks.fault_elsewhere(
-        "vtorque: job 42 could not start its guests: n1: cannot write the job's files: x",
-        "42", "n1")
-    assert not slurm_hooks.fault_elsewhere(
-        "vtorque: node n1 failed to start the job's guests: x", "42", "n1")
-
 
 def test_unreadable_job_is_a_node_fault(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(slurm_hooks, "READ_RETRY_SECONDS", 0.0)
@@ -296,52 +266,6 @@ def test_setup_problems_fail_the_prolog(site: Site, capsys: pytest.CaptureFixtur
     assert site.main("prolog") == 1
     assert site.main("epilog") == 1
 
-
-def test_internal_error_fails_the_prolog(site: Site, monkeypatch: pytest.MonkeyPatch,
-                                         capsys: pytest.CaptureFixture) -> None:
-    def broken(*args: Any) -> int:
-        raise RuntimeError("bug")
-    monkeypatch.setattr(slurm_hooks, "_prolog", broken)
-    assert site.main("prolog") == 1
-    assert "internal error" in capsys.readouterr().err
-
-
-def test_epilog_without_prolog_state_needs_nothing(site: Site, no_libvirt: None) -> None:
-    site.jobs({})
-    assert site.main("epilog") == 0
-    assert site.argvs() == []
-
-
-def test_epilog_tears_down_and_the_mother_superior_releases(site: Site,
-                                                            monkeypatch: pytest.MonkeyPatch
-                                                            ) -> None:
-    from vtorque import config as config_mod
-    from vtorque.journal import JobPaths
-    from vtorque.vm import lifecycle
-    down: list = []
-    monkeypatch.setattr(lifecycle, "down",
-                        lambda job_id, cfg: down.append(job_id) or ["vt-42-0"])
-    site.jobs({JOB: VM_JOB})
-    cfg = config_mod.load(str(site.config))
-    paths = JobPaths.for_job(JOB, cfg.state_dir, cfg.ramdisk_dir)
-    os.makedirs(paths.job_dir)
-    publish_sister(site, node="n1", ok=True)
-    from vtorque.prologue import handoff
-    assert site.main("epilog", node="n1") == 0
-    assert down == [JOB]
-    assert not os.path.lexists(handoff.job_dir(cfg, JOB))     # the mother superior cleared it
-
-
-def test_epilog_mother_superior_from_the_node_list_when_the_job_is_gone(
-        site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vtorque import config as config_mod
-    from vtorque.prologue import handoff
-    site.jobs({})
-    cfg = config_mod.load(str(site.config))
-    for node, expected_clear in (("n2", False), ("n1", True)):
-        publish_sister(site, node="n2", ok=True)
-        assert site.main("epilog", node=node) == 0
-        assert os.path.lexists(handoff.job_dir(cfg, JOB)) is not expected_clear
 
 
 def test_failed_teardown_drains_the_node(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -541,11 +465,6 @@ def test_install_refuses_paths_it_cannot_write_safely(tmp_path: Path, option: st
     assert done.returncode == 2 and option in done.stderr
 
 
-def _hooks_wired() -> bool:
-    return '"slurm"' in inspect.getsource(hooks.main)
-
-
-@pytest.mark.skipif(not _hooks_wired(), reason="vtorque/hooks.py has no slurm handler yet")
 def test_rendered_prolog_with_the_real_python_refuses_a_bad_request(
         tmp_path: Path, config_data: dict[str, Any]) -> None:
     site = Site(tmp_path, config_data)
@@ -562,15 +481,16 @@ def test_rendered_prolog_with_the_real_python_refuses_a_bad_request(
     assert time.monotonic() - started < 30
 
 
-def test_epilog_of_the_mother_superior_releases_an_address_block(site: Site) -> None:
-    """No files here, but the job holds a block (guest networking): the mother superior
-    releases it; a sister leaves it."""
+def test_the_last_epilog_releases_an_address_block(site: Site) -> None:
+    """No files here, but the job holds a block (guest networking): it stays while a node
+    that may run the job's guests has not ended; the last one releases it."""
     from vtorque import config as config_mod
     from vtorque.vm import addresses
     site.write_config(network={"mode": "network"})
     site.jobs({})
     cfg = config_mod.load(str(site.config))
     addresses.allocate(cfg, JOB, 2)
+    publish_sister(site, node="n1", ok=True)
     assert site.main("epilog", node="n2") == 0
     assert addresses.allocated_jobs(cfg) == [JOB]
     assert site.main("epilog", node="n1") == 0

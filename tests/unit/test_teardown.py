@@ -15,7 +15,7 @@ import yaml
 from vtorque.epilogue import teardown
 from vtorque.errors import NodeError, TeardownError
 from vtorque.journal import JobPaths
-from vtorque.prologue import handoff
+from vtorque.cluster import handoff
 from vtorque.vm import addresses, lifecycle
 
 JOB = "55.head"
@@ -63,8 +63,8 @@ def test_has_local_state(config: Any) -> None:
 
 
 def test_job_without_state_costs_nothing(config: Any, no_down: None) -> None:
-    for ms in (True, False):
-        assert teardown.teardown(JOB, config, mother_superior=ms) == (True, "")
+    for _ in range(2):
+        assert teardown.teardown(JOB, config) == (True, "")
     assert not os.path.exists(config.state_dir)
     assert not os.path.exists(config.batch.shared_state_dir)
     assert not os.path.exists(config.log_file)
@@ -73,7 +73,7 @@ def test_job_without_state_costs_nothing(config: Any, no_down: None) -> None:
 def test_job_without_state_imports_no_libvirt(config: Any) -> None:
     script = ("import sys\nfrom vtorque import config\nfrom vtorque.epilogue import teardown\n"
               "cfg = config.load(sys.argv[1])\n"
-              "print(teardown.teardown('55.head', cfg, mother_superior=True))\n"
+              "print(teardown.teardown('55.head', cfg))\n"
               "print(sorted(m for m in sys.modules if m == 'libvirt' or "
               "m.startswith('vtorque.vm.')))\n")
     done = subprocess.run([sys.executable, "-c", script, config.path], capture_output=True,
@@ -85,29 +85,30 @@ def test_job_without_state_imports_no_libvirt(config: Any) -> None:
     assert "vtorque.vm.lifecycle" not in modules and "vtorque.vm.host" not in modules
 
 
-def test_sister_withdraws_only_its_own_status(config: Any, no_down: None) -> None:
+def test_a_node_withdraws_only_its_own_status_and_keeps_the_pieces(config: Any,
+                                                                    no_down: None) -> None:
+    addresses.allocate(config, JOB, 2)
     handoff.publish(config, JOB, handoff.NodeStatus("n1", handoff.READY))
     handoff.publish(config, JOB, handoff.NodeStatus("n2", handoff.READY))
-    assert teardown.teardown(JOB, config, mother_superior=False) == (True, "")
+    assert teardown.teardown(JOB, config) == (True, "")
     assert handoff.read(config, JOB, "n1") is None
     assert handoff.read(config, JOB, "n2").state == handoff.READY
+    # n2 may still run guests on these addresses: the block stays, whoever n1 is.
+    assert addresses.allocated_jobs(config) == [JOB]
 
 
-def test_mother_superior_frees_the_cluster_wide_pieces(config: Any, no_down: None) -> None:
+def test_the_last_node_out_frees_the_job_wide_pieces(config: Any, no_down: None) -> None:
     addresses.allocate(config, JOB, 2)
     addresses.allocate(config, "56.head", 2)
-    handoff.publish(config, JOB, handoff.NodeStatus("n2", handoff.READY))
-    assert teardown.teardown(JOB, config, mother_superior=True) == (True, "")
+    handoff.publish(config, JOB, handoff.NodeStatus("n1", handoff.READY))
+    assert teardown.teardown(JOB, config) == (True, "")
     assert addresses.allocated_jobs(config) == ["56.head"]
     assert not os.path.exists(handoff.job_dir(config, JOB))
 
 
-def test_addresses_alone_are_released_by_the_mother_superior(config: Any,
-                                                             no_down: None) -> None:
+def test_addresses_that_no_node_holds_are_released(config: Any, no_down: None) -> None:
     addresses.allocate(config, JOB, 2)
-    assert teardown.teardown(JOB, config, mother_superior=False) == (True, "")
-    assert addresses.allocated_jobs(config) == [JOB]           # a sister leaves them
-    assert teardown.teardown(JOB, config, mother_superior=True) == (True, "")
+    assert teardown.teardown(JOB, config) == (True, "")
     assert addresses.allocated_jobs(config) == []
 
 
@@ -121,7 +122,7 @@ def test_local_state_goes_through_lifecycle_down(config: Any,
         return ["vtorque-x-0"]
     monkeypatch.setattr(lifecycle, "down", down)
     os.makedirs(paths(config).job_dir)
-    assert teardown.teardown(JOB, config, mother_superior=True) == (True, "")
+    assert teardown.teardown(JOB, config) == (True, "")
     assert calls == [JOB]
     assert "1 guest(s) destroyed on n1" in Path(config.log_file).read_text()
 
@@ -134,7 +135,7 @@ def test_failing_down_takes_the_node_offline(config: Any,
     addresses.allocate(config, JOB, 1)
     os.makedirs(paths(config).job_dir)
     offlined: list[tuple[str, str]] = []
-    ok, message = teardown.teardown(JOB, config, mother_superior=True,
+    ok, message = teardown.teardown(JOB, config,
                                     offline=lambda node, note: offlined.append((node, note)))
     assert not ok
     assert message.startswith(f"vtorque: teardown of job {JOB} on n1 incomplete: ")
@@ -155,7 +156,7 @@ def test_failing_offline_is_reported_too(config: Any, monkeypatch: pytest.Monkey
 
     def offline(node: str, note: str) -> None:
         raise NodeError("pbsnodes: cannot connect to server")
-    ok, message = teardown.teardown(JOB, config, mother_superior=False, offline=offline)
+    ok, message = teardown.teardown(JOB, config, offline=offline)
     assert not ok
     assert "cannot connect to libvirt" in message
     assert message.endswith("; taking the node offline failed too: "
@@ -168,12 +169,12 @@ def test_failing_down_without_offline_callback(config: Any,
         raise NodeError("boom")
     monkeypatch.setattr(lifecycle, "down", down)
     os.makedirs(paths(config).job_dir)
-    ok, message = teardown.teardown(JOB, config, mother_superior=False)
+    ok, message = teardown.teardown(JOB, config)
     assert not ok and message.endswith("incomplete: boom")
 
 
 def test_sister_withdraws_its_status_published_under_the_fqdn(config: Any,
                                                               no_down: None) -> None:
     handoff.publish(config, JOB, handoff.NodeStatus("n1.cluster", handoff.READY))
-    assert teardown.teardown(JOB, config, mother_superior=False) == (True, "")
+    assert teardown.teardown(JOB, config) == (True, "")
     assert handoff.read(config, JOB, "n1.cluster") is None

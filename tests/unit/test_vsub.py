@@ -1,4 +1,4 @@
-"""Unit tests of vsub (vtorque/vsub.py, vtorque/qsub_options.py) against a stand-in qsub.
+"""Unit tests of vsub (vtorque/submit/) against a stand-in qsub.
 
 Each test has its own config, image pool and bin_dir in tmp_path; bin_dir/qsub is a
 symlink to tests/standins/recording_qsub, which records every call in a JSON-lines file.
@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.unit.vsub_site import VsubSite, add_image
-from vtorque import images, vsub
-from vtorque import qsub_options as qo
+from vtorque import images
+from vtorque.errors import UsageError
+from vtorque.submit import pbs_resources, qsub_args
 
 STANDIN = Path(__file__).resolve().parents[1] / "standins" / "recording_qsub"
 PBSE_EXIT = 15044 & 0xFF
@@ -66,7 +67,7 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> Site:
 
     def no_hashing(path: str) -> str:
         raise AssertionError(f"vsub must not hash images ({path})")
-    monkeypatch.setattr(images, "_sha256_file", no_hashing)
+    monkeypatch.setattr(images.catalog, "sha256_file", no_hashing)
     return s
 
 
@@ -478,7 +479,7 @@ def test_dash_h_is_qsubs_hold_not_help(site: Site) -> None:
 def _vsub_process(site: Site, *argv: str, stdin: str = "") -> subprocess.CompletedProcess:
     env = dict(os.environ, VTORQUE_CONFIG=str(site.config),
                VTORQUE_STANDIN_CALLS=str(site.calls_file))
-    return subprocess.run([sys.executable, "-m", "vtorque.vsub", *argv], input=stdin,
+    return subprocess.run([sys.executable, "-m", "vtorque.submit.vsub", *argv], input=stdin,
                           capture_output=True, text=True, env=env, cwd=site.tmp, timeout=60)
 
 
@@ -493,7 +494,7 @@ def test_command_submits_from_stdin_and_never_prints_a_traceback(site: Site) -> 
 
 
 def test_command_imports_neither_libvirt_nor_the_vm_layer(site: Site) -> None:
-    code = ("import sys; from vtorque import vsub; rc = vsub.main(['-vm', 'img=testguest', "
+    code = ("import sys; from vtorque.submit import vsub; rc = vsub.main(['-vm', 'img=testguest', "
             f"{site.script(JOB)!r}]); "
             "print(sorted(m for m in sys.modules if m.startswith(('libvirt', 'vtorque.vm'))))")
     env = dict(os.environ, VTORQUE_CONFIG=str(site.config),
@@ -510,14 +511,14 @@ def test_command_imports_neither_libvirt_nor_the_vm_layer(site: Site) -> None:
     ["-F", "-a -b", "-t", "1-10%2", "-P", "user:group", "-x", "-n"],
 ])
 def test_parse_and_render_round_trip(argv: list[str]) -> None:
-    parsed = qo.parse_args(argv)
+    parsed = qsub_args.parse_args(argv)
     rendered = [w for g in parsed.groups for w in g.render()]
     expected = [w for w in argv if w != parsed.script]
     assert rendered == expected
 
 
 def test_dash_v_variable_named_m_is_not_a_vm_request() -> None:
-    parsed = qo.parse_args(["-v", "m", "-vm", "img=a", "-Vvm"])
+    parsed = qsub_args.parse_args(["-v", "m", "-vm", "img=a", "-Vvm"])
     assert parsed.vm_texts == ("img=a",)
     assert parsed.args_of("v") == ["m", "m"]
 
@@ -527,30 +528,30 @@ def test_dash_v_variable_named_m_is_not_a_vm_request() -> None:
     ("2mw", 16 << 20), ("7b", 7),
 ])
 def test_parse_pbs_size(text: str, size: int) -> None:
-    assert qo.parse_pbs_size(text) == size
+    assert pbs_resources.parse_pbs_size(text) == size
 
 
 @pytest.mark.parametrize("text", ["", "4g", "x", "1.5gb", "-1mb"])
 def test_parse_pbs_size_refuses(text: str) -> None:
-    with pytest.raises(qo.UsageError):
-        qo.parse_pbs_size(text)
+    with pytest.raises(UsageError):
+        pbs_resources.parse_pbs_size(text)
 
 
 def test_directive_block_ends_at_the_first_command() -> None:
     text = "#!/bin/sh\n\n: colon\n#PBS -vm vcpus=1\n  \n# c\n#PBSX -vm y\nrun\n#PBS -vm z=1\n"
-    found = qo.read_directives(text, "#PBS")
+    found = qsub_args.read_directives(text, "#PBS")
     assert [d.line for d in found.directives] == [4]
     assert found.vm_texts == ["vcpus=1"]
     assert found.text_for_qsub == text.replace("#PBS -vm vcpus=1", "# vsub: #PBS -vm vcpus=1")
 
 
 def test_split_list_keeps_quoted_and_bracketed_commas() -> None:
-    assert qo.split_list("a=1,b='x,y',c=[1,2],d") == ["a=1", "b='x,y'", "c=[1,2]", "d"]
+    assert qsub_args.split_list("a=1,b='x,y',c=[1,2],d") == ["a=1", "b='x,y'", "c=[1,2]", "d"]
 
 
 def test_directive_lines_are_split_on_newlines_only() -> None:
     text = "#PBS -N a\x0cb\r\n#PBS -vm vcpus=2\r\nrun\n"
-    found = qo.read_directives(text, "#PBS")
+    found = qsub_args.read_directives(text, "#PBS")
     assert [d.line for d in found.directives] == [1, 2]
     assert found.text_for_qsub == "#PBS -N a\x0cb\r\n# vsub: #PBS -vm vcpus=2\r\nrun\n"
 

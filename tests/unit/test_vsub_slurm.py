@@ -13,8 +13,10 @@ import pytest
 
 from tests.standins import calls, install, read_db
 from tests.unit.vsub_site import VsubSite, add_image
-from vtorque import images, vsub
-from vtorque import qsub_options as qo
+from vtorque import images
+from vtorque.errors import UsageError
+from vtorque.submit import sbatch_args, sbatch_resources, slurm_submit
+from vtorque.submit.submission import footprint
 from vtorque.batch.slurm import parse_show_job
 
 JOB = "#!/bin/sh\n#SBATCH --time=10\necho hello\n"
@@ -58,7 +60,7 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> Site:
 
     def no_hashing(path: str) -> str:
         raise AssertionError(f"vsub must not hash images ({path})")
-    monkeypatch.setattr(images, "_sha256_file", no_hashing)
+    monkeypatch.setattr(images.catalog, "sha256_file", no_hashing)
     return s
 
 
@@ -357,7 +359,7 @@ def test_missing_config_is_one_line(site: Site) -> None:
 # --- the pure functions ---------------------------------------------------------------------
 
 def test_parse_sbatch_args_reads_getopt_forms() -> None:
-    parsed = qo.parse_sbatch_args(["-HvN2", "-kfoo", "-k", "--nice", "--nice=5", "-c", "4",
+    parsed = sbatch_args.parse_sbatch_args(["-HvN2", "-kfoo", "-k", "--nice", "--nice=5", "-c", "4",
                                    "--cpus-per-t=2", "--export", "NONE", "-vm", "vcpus=1",
                                    "script.sh"])
     assert [o.names for o in parsed.options] == [
@@ -371,42 +373,42 @@ def test_parse_sbatch_args_reads_getopt_forms() -> None:
 
 
 def test_sbatch_table_knows_22_05s_abbreviations() -> None:
-    assert qo._resolve_long("comm", "") == "comment"
-    assert qo._resolve_long("extra", "") == "extra-node-info"    # 22.05: no --extra
-    assert qo._resolve_long("mem", "") == "mem"
-    with pytest.raises(qo.UsageError, match="ambiguous"):
-        qo._resolve_long("mem-per", "")
+    assert sbatch_args._resolve_long("comm", "") == "comment"
+    assert sbatch_args._resolve_long("extra", "") == "extra-node-info"    # 22.05: no --extra
+    assert sbatch_args._resolve_long("mem", "") == "mem"
+    with pytest.raises(UsageError, match="ambiguous"):
+        sbatch_args._resolve_long("mem-per", "")
 
 
 @pytest.mark.parametrize("text, mib", [("4096", 4096), ("4G", 4096), ("4gb", 4096),
                                        ("512M", 512), ("1024K", 1), ("1k", 1), ("1T", 1 << 20),
                                        ("0", 0)])
 def test_parse_slurm_size(text: str, mib: int) -> None:
-    assert qo.parse_slurm_size_mib(text, "mem") == mib
+    assert sbatch_resources.parse_slurm_size_mib(text, "mem") == mib
 
 
 @pytest.mark.parametrize("text", ["1.5G", "-5", "10x", "", "G"])
 def test_parse_slurm_size_refuses(text: str) -> None:
-    with pytest.raises(qo.UsageError):
-        qo.parse_slurm_size_mib(text, "mem")
+    with pytest.raises(UsageError):
+        sbatch_resources.parse_slurm_size_mib(text, "mem")
 
 
 def test_wait_means_no_timeout_for_sbatch() -> None:
-    script = qo.read_sbatch_script("job.sh", JOB)
-    need = qo.footprint(1, 1024, 1, 1, 1024)
+    script = sbatch_args.read_sbatch_script("job.sh", JOB)
+    need = footprint(1, 1024, 1, 1, 1024)
     for argv, env in ((["-W"], {}), (["--wait"], {}), ([], {"SBATCH_WAIT": "1"})):
-        parsed = qo.parse_sbatch_args([*argv, "job.sh"], environ=env)
-        sub = qo.build_submission("slurm", parsed, script, "img=x", need, "/js")
+        parsed = sbatch_args.parse_sbatch_args([*argv, "job.sh"], environ=env)
+        sub = slurm_submit.build_sbatch_submission(parsed, script, "img=x", need, "/js")
         assert sub.wait
-    parsed = qo.parse_sbatch_args(["job.sh"], environ={"HOME": "/x"})
-    assert not qo.build_submission("slurm", parsed, script, "img=x", need, "/js").wait
+    parsed = sbatch_args.parse_sbatch_args(["job.sh"], environ={"HOME": "/x"})
+    assert not slurm_submit.build_sbatch_submission(parsed, script, "img=x", need, "/js").wait
     assert parsed.environ == {}
 
 
 def test_leading_block_ends_where_sbatch_stops_reading() -> None:
     text = ("#!/bin/sh\n  #SBATCH --comment=indented\n#SBATCH-t 5\n\n# c\n#SBATCH --mem=1G"
             " # note\necho\n#SBATCH --mem=9G\n")
-    script = qo.read_sbatch_script("j", text)
+    script = sbatch_args.read_sbatch_script("j", text)
     assert script.block_end == 6
     assert [(line, o.names, o.value) for line, o in script.options()] == [
         (3, ("time",), "5"), (6, ("mem",), "1G")]

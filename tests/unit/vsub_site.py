@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from vtorque import vsub
+from vtorque.submit import vsub
 
 
 def add_image(pool: Path, name: str = "testguest", distro: str = "debian") -> None:

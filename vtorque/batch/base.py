@@ -7,8 +7,6 @@ user controls; the hooks work on JobContext only.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import re
 from abc import ABC, abstractmethod
@@ -16,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from vtorque import proc
-from vtorque.errors import CommandError, NodeError
+from vtorque.errors import CommandError, NodeError, UnknownJobError
+from vtorque.text import one_line
 
 
 @dataclass(frozen=True)
@@ -35,24 +34,28 @@ class JobContext:
     run_count: int = 0                # times the job has been started (requeues + 1)
     variables: Mapping[str, str] = field(default_factory=dict)
     state: str | None = None          # scheduler's own job state letter/word (R, E, C, F, ...)
+    admin_note: str | None = None     # the note an admin (or vtorque) left on the job
 
     @property
     def is_vm_job(self) -> bool:
         return bool(self.vm_request)
 
+    def node_index(self, name: str) -> int:
+        """Position of node `name` in the job's node list; a short name matches its FQDN.
+        NodeError when this node is not (unambiguously) one of the job's."""
+        return node_index(name, self.nodes)
 
-class UnknownJobError(NodeError):
-    """The batch server does not know the job (never existed, or purged from its history).
 
-    A NodeError for the hooks (the server may lag), but the reaper can tell "gone" from
-    "server unreachable" (plain NodeError/CommandError) and only reap on this one.
-    """
-
-    def __init__(self, scheduler: str, job_id: str, detail: str = ""):
-        self.scheduler = scheduler
-        self.job_id = job_id
-        msg = f"{scheduler}: job {job_id} is unknown to the batch server"
-        super().__init__(f"{msg} ({detail})" if detail else msg)
+def node_index(name: str, nodes: Sequence[str]) -> int:
+    """Position of `name` in `nodes`; a short name matches its FQDN."""
+    if name in nodes:
+        return list(nodes).index(name)
+    short = name.split(".")[0]
+    matches = [i for i, n in enumerate(nodes) if n.split(".")[0] == short]
+    if len(matches) == 1:
+        return matches[0]
+    raise NodeError(f"this node ({name}) is not among the job's nodes: "
+                    + one_line(", ".join(nodes), 200))
 
 
 class BatchSystem(ABC):
@@ -68,7 +71,7 @@ class BatchSystem(ABC):
     def command(self, name: str) -> str:
         """Absolute path of one of the scheduler's commands (never searched on PATH)."""
         path = os.path.join(self.bin_dir, name)
-        if not _is_executable(path):
+        if not is_executable(path):
             raise NodeError(f"{self.name}: {path} not found or not executable "
                             "(config key batch.bin_dir)")
         return path
@@ -82,22 +85,36 @@ class BatchSystem(ABC):
     def offline_node(self, node: str, reason: str) -> None:
         """Take `node` out of service with a note an admin can read."""
 
+    # How the scheduler's query commands say "no such job" (lowercased stdout+stderr).
+    unknown_job_patterns: tuple[str, ...] = (r"unknown job id",)
+
+    def query_env(self) -> dict[str, str]:
+        """The environment of every batch command: clean, plus what the scheduler needs."""
+        return proc.clean_env()
+
     def query(self, argv: Sequence[str], job_id: str) -> str:
         """Run a read-only job query (clean environment, self.timeout) and return stdout.
 
-        'Unknown Job Id' on stderr (Torque and PBS print it alike) becomes UnknownJobError;
-        any other failure a CommandError with the command's last stderr line.
+        Output matching `unknown_job_patterns` becomes UnknownJobError; any other failure
+        a CommandError with the command's last stderr line; bytes that are not UTF-8 a
+        NodeError (the batch system's output is not trusted to be well formed).
         """
         try:
-            done = proc.run(argv, timeout=self.timeout, check=False)
+            done = proc.run(argv, timeout=self.timeout, check=False, env=self.query_env())
         except UnicodeDecodeError as exc:
             raise NodeError(f"{self.name}: {argv[0]} printed bytes that are not UTF-8 for "
                             f"job {job_id}: {exc.reason}") from None
         if done.returncode != 0:
-            if "unknown job id" in done.stderr.lower():
-                raise UnknownJobError(self.name, job_id, _last_line(done.stderr))
+            text = (done.stderr + "\n" + done.stdout).lower()
+            if any(re.search(p, text) for p in self.unknown_job_patterns):
+                raise UnknownJobError(self.name, job_id,
+                                      one_line(done.stderr.strip() or done.stdout, 120))
             raise CommandError(list(argv), done.returncode, done.stdout, done.stderr)
         return done.stdout
+
+    def run(self, argv: Sequence[str]) -> None:
+        """Run an acting batch command (offline a node, note or cancel a job)."""
+        proc.run(argv, timeout=self.timeout, env=self.query_env())
 
 
 # --- helpers shared by the adapters -----------------------------------------------------------
@@ -105,34 +122,35 @@ class BatchSystem(ABC):
 # A host name as batch systems print it in exec_host / node lists. No leading '-' (it is
 # passed to pbsnodes as an argument), no '/', ':', spaces or control characters.
 _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
-# A job id as schedulers print it: 123.server, 12[1].server, 12[].server, 4711, 12_3.
-_JOB_ID = re.compile(r"[0-9][A-Za-z0-9._\[\]@+-]{0,254}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# A user or group name as batch servers print it (Job_Owner, euser, UserId).
+USER_NAME = re.compile(r"[A-Za-z0-9_][^\s/:\x00-\x1f\x7f]{0,255}")
 NOTE_PREFIX = "vtorque: "
 NOTE_MAX = 200
 
 
 def check_node_name(node: str, scheduler: str = "batch") -> str:
     if not isinstance(node, str) or not _NODE_NAME.fullmatch(node):
-        raise NodeError(f"{scheduler}: {node!r} is not a valid node name")
+        raise NodeError(f"{scheduler}: {one_line(repr(node), 80)} is not a valid node name")
     return node
 
 
-def check_job_id(job_id: str, scheduler: str = "batch") -> str:
-    """Refuse ids no scheduler prints before they reach an argv (e.g. '-x', 'a b')."""
-    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id) or ".." in job_id:
-        raise NodeError(f"{scheduler}: {job_id!r} is not a job id this batch system prints")
-    return job_id
+def check_user_name(name: str) -> bool:
+    """Whether `name` can be a user or group name (never an option: no leading '-')."""
+    return bool(name) and USER_NAME.fullmatch(name) is not None and not name.startswith("-")
+
+
+def note(reason: str, limit: int = NOTE_MAX) -> str:
+    """An admin-readable note: one line, prefixed 'vtorque: ' (once), at most `limit`
+    characters in all."""
+    text = one_line(reason, 10 * limit)
+    if text.startswith(NOTE_PREFIX.strip()):
+        text = text[len(NOTE_PREFIX.strip()):].strip()
+    return one_line(NOTE_PREFIX + (text or "node taken offline"), limit)
 
 
 def node_note(reason: str) -> str:
-    """An admin-readable node note: one line, no control characters, prefixed, at most
-    NOTE_MAX characters in all (prefix included)."""
-    text = " ".join(_CONTROL.sub(" ", str(reason)).split())
-    note = NOTE_PREFIX + (text or "node taken offline")
-    if len(note) > NOTE_MAX:
-        note = note[:NOTE_MAX - 3].rstrip() + "..."
-    return note
+    """A node's offline/drain note (pbsnodes -N/-C, scontrol reason)."""
+    return note(reason, NOTE_MAX)
 
 
 def pick_job(reported: Sequence[str], job_id: str) -> str | None:
@@ -154,17 +172,6 @@ def pick_job(reported: Sequence[str], job_id: str) -> str | None:
     return None
 
 
-def _last_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[-1].strip() if lines else ""
-
-
-def _is_executable(path: str) -> bool:
-    return os.path.isfile(path) and os.access(path, os.X_OK)
-
-
-# --- registry and detection ------------------------------------------------------------------
-
 _ID_RANGE = re.compile(r"(\d{1,9})(?:-(\d{1,9}))?")
 
 
@@ -174,101 +181,14 @@ def count_id_ranges(text: str) -> int:
     for item in text.split(","):
         match = _ID_RANGE.fullmatch(item.strip())
         if not match:
-            raise ValueError(f"not a list of numbers and ranges: {text!r}")
+            raise ValueError(f"not a list of numbers and ranges: {one_line(text, 60)!r}")
         low = int(match.group(1))
         high = int(match.group(2)) if match.group(2) is not None else low
         if high < low:
-            raise ValueError(f"descending range in {text!r}")
+            raise ValueError(f"descending range in {one_line(text, 60)!r}")
         total += high - low + 1
     return total
 
 
-_REGISTRY: dict[str, type[BatchSystem]] = {}
-
-
-def register(cls: type[BatchSystem]) -> type[BatchSystem]:
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def _load_adapters() -> None:
-    """Import every adapter module so it registers itself; slurm.py only once it exists."""
-    from vtorque.batch import openpbs, torque  # noqa: F401  (registration)
-    if "slurm" not in _REGISTRY and importlib.util.find_spec("vtorque.batch.slurm"):
-        importlib.import_module("vtorque.batch.slurm")
-
-
-# Executables that only one of the PBS family ships (checked in bin_dir):
-# - OpenPBS / PBS Professional: pbs_rsub, pbs_rstat (advance reservations) and
-#   pbs_release_nodes (openpbs src/cmds/pbs_rsub.c, pbs_rstat.c, pbs_release_nodes.c;
-#   installed in $PBS_EXEC/bin). Torque has no reservation commands (Moab does that).
-# - Torque: pbs_track, qchkpt, qgpumode (adaptivecomputing/torque src/cmds/pbs_track.c,
-#   qchkpt.c, qgpumode.c; installed in $PREFIX/bin), momctl (usually sbin, checked too).
-#   OpenPBS has pbs_attach instead of pbs_track and no qchkpt/qgpumode/momctl.
-# Both ship qsub, qstat, qmgr, pbsnodes and pbsdsh, so those cannot tell them apart.
-OPENPBS_MARKERS = ("pbs_rsub", "pbs_rstat", "pbs_release_nodes")
-TORQUE_MARKERS = ("pbs_track", "qchkpt", "qgpumode", "momctl")
-# Slurm's own commands; checked first because Slurm's optional slurm-torque package
-# installs qsub/qstat/pbsnodes wrappers next to them.
-SLURM_MARKERS = ("sbatch", "scontrol")
-
-
-def detect(bin_dir: str, timeout: float = 10.0) -> str:
-    """The name of the batch system whose commands are in bin_dir.
-
-    Cheap file checks first; only when neither family's marker is there, ask
-    `qstat --version` (Torque prints 'Version: 6.1.2', PBS 'pbs_version = 23.06.06').
-    """
-    _load_adapters()
-
-    def has(name: str) -> bool:
-        return _is_executable(os.path.join(bin_dir, name))
-
-    # Slurm: only when its adapter exists (vtorque/batch/slurm.py, registered as "slurm").
-    if "slurm" in _REGISTRY and all(has(c) for c in SLURM_MARKERS):
-        return "slurm"
-    if not (has("qstat") and has("pbsnodes")):
-        raise NodeError(f"no batch system found in {bin_dir}: no qstat and pbsnodes"
-                        + (", no sbatch and scontrol" if "slurm" in _REGISTRY else "")
-                        + " (config keys batch.bin_dir, batch.system)")
-    pbs = any(has(m) for m in OPENPBS_MARKERS)
-    trq = any(has(m) for m in TORQUE_MARKERS)
-    if pbs != trq:
-        return "openpbs" if pbs else "torque"
-    try:
-        done = proc.run([os.path.join(bin_dir, "qstat"), "--version"], timeout=timeout,
-                        check=False)
-        text = (done.stdout + done.stderr).lower()
-    except (NodeError, UnicodeDecodeError):
-        text = ""
-    if "pbs_version" in text:
-        return "openpbs"
-    if re.search(r"^\s*version:", text, re.MULTILINE):
-        return "torque"
-    raise NodeError(f"cannot tell Torque from OpenPBS by the commands in {bin_dir}; "
-                    "set batch.system to torque or openpbs")
-
-
-def get(name: str, bin_dir: str, timeout: float = 30.0) -> BatchSystem:
-    """The adapter called `name`, or for `auto` the one detect() finds in bin_dir.
-
-    An explicit name (config batch.system) always wins over detection.
-    """
-    if name == "auto":
-        _load_adapters()
-        name = detect(bin_dir)
-    elif name not in _REGISTRY and importlib.util.find_spec(f"vtorque.batch.{name}"):
-        importlib.import_module(f"vtorque.batch.{name}")  # just the one a hook needs
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        _load_adapters()
-        raise NodeError(f"unknown batch system {name!r} (known: "
-                        + ", ".join(sorted(_REGISTRY)) + ")") from None
-    return cls(bin_dir, timeout=timeout)
-
-
-def registered() -> Mapping[str, type[BatchSystem]]:
-    """Every adapter by name (for tests that run each backend through the same cases)."""
-    _load_adapters()
-    return dict(_REGISTRY)
+def is_executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)

@@ -2,8 +2,8 @@
 
 The job comes from `qstat -f -F json -x JOBID` (in PBS, -x includes finished jobs):
 `{"Jobs": {"<id>": {attribute: value, "Resource_List": {...}, "Variable_List": {...}}}}`.
-The attribute names are Torque's, so the mapping to JobContext is shared with torque.py.
-Reference: /work/shared/reference/torque-contract.md and samples/openpbs-qstat-*.json.
+The attribute names are Torque's, so the mapping to JobContext is the PBS family's
+(pbs.py).
 """
 
 from __future__ import annotations
@@ -11,17 +11,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from vtorque import proc
-from vtorque.batch.base import (
-    BatchSystem,
-    JobContext,
-    check_job_id,
-    check_node_name,
-    node_note,
-    pick_job,
-    register,
-)
-from vtorque.batch.torque import context_from_attrs, parse_variable_list
+from vtorque import jobid
+from vtorque.batch.base import BatchSystem, JobContext, check_node_name, node_note, pick_job
+from vtorque.batch.pbs import context_from_attrs, parse_variable_list
+from vtorque.batch.registry import register
 from vtorque.errors import NodeError
 
 _JSON_ESCAPES = set('"\\/bfnrtu')
@@ -35,11 +28,10 @@ def _loads(text: str) -> Any:
 def _repair(text: str) -> str:
     """Undo two known PBS JSON defects (both hit Variable_List, which users control):
 
-    - backslashes JSON does not know inside strings, e.g. `\\,` and `\\'` (openpbs PR
-      #2049, fixed in 20.0): the backslash is dropped;
-    - unquoted values that are not JSON numbers, e.g. `"foo":005` (openpbs issue #1255):
-      they are quoted.
-    Unescaped double quotes in strings (issue #2541, PR #830) cannot be repaired.
+    - backslashes JSON does not know inside strings, e.g. `\\,` and `\\'` (servers
+      before OpenPBS 20.0): the backslash is dropped;
+    - unquoted values that are not JSON numbers, e.g. `"foo":005`: they are quoted.
+    Unescaped double quotes in strings (older servers) cannot be repaired.
     """
     out: list[str] = []
     i, n = 0, len(text)
@@ -141,11 +133,10 @@ class OpenPBS(BatchSystem):
     commands = ("qsub", "qstat", "pbsnodes", "qmgr")
 
     def job(self, job_id: str) -> JobContext:
-        check_job_id(job_id, self.name)
+        jobid.check(job_id, self.name)
         text = self.query([self.command("qstat"), "-f", "-F", "json", "-x", job_id], job_id)
         return parse_qstat_json(text, job_id)
 
     def offline_node(self, node: str, reason: str) -> None:
         check_node_name(node, self.name)
-        proc.run([self.command("pbsnodes"), "-o", "-C", node_note(reason), node],
-                 timeout=self.timeout)
+        self.run([self.command("pbsnodes"), "-o", "-C", node_note(reason), node])

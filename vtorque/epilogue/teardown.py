@@ -1,7 +1,7 @@
 """What an epilogue does on one node, for any batch system: destroy the job's guests and
-files here, withdraw this node's hand-off status (and on the mother superior the job's
-hand-off directory and address block), and if that cannot be completed take the node out
-of service rather than leave it in an unknown state.
+files here, give back its virtual functions, withdraw this node from the job (the last
+node out releases the job-wide pieces, cluster/jobwide.py), and if that cannot be
+completed take the node out of service rather than leave it in an unknown state.
 
 Needs nothing from the batch server (the job may be gone already) and works for jobs that
 never had guests here: a job without state on this node costs a few stat() calls.
@@ -13,11 +13,10 @@ import os
 from collections.abc import Callable
 
 from vtorque.config import Config
-from vtorque.errors import VtorqueError
+from vtorque.errors import NodeError, VtorqueError
 from vtorque.ibverbs import VF_LEDGER
 from vtorque.journal import JobPaths
-from vtorque.prologue import handoff
-from vtorque.node import node_name as _node_name
+from vtorque.node import node_name
 
 
 def has_local_state(job_id: str, config: Config) -> bool:
@@ -25,7 +24,8 @@ def has_local_state(job_id: str, config: Config) -> bool:
     or virtual functions assigned to it.
 
     Guests are only ever started after their job directory exists, and teardown keeps the
-    directory until every guest is gone, so no local state means no guests here."""
+    directory until every guest is gone, so no local state means no guests here (the
+    reaper, which cannot rely on that after a crash, also asks libvirt)."""
     paths = JobPaths.for_job(job_id, config.state_dir, config.ramdisk_dir)
     if any(os.path.lexists(p) for p in (paths.job_dir, paths.ramdisk_dir,
                                         paths.user_dir, paths.lock)):
@@ -37,44 +37,59 @@ def has_local_state(job_id: str, config: Config) -> bool:
     return job_id in pool.assigned_jobs(config)
 
 
-def clean_node(job_id: str, config: Config, *, mother_superior: bool) -> list[str]:
-    """Remove the job from this node; returns the guests destroyed. Cluster-wide pieces
-    (hand-off directory, address block) go with the mother superior's cleanup, and only
-    once its own guests are gone, so a block is never reused while a guest may live."""
-    from vtorque.vm import addresses
-    destroyed: list[str] = []
+def anything_here(job_id: str, config: Config) -> bool:
+    """Whether the epilogue has anything to do: the job's state here, or job-wide pieces
+    this node may be the last to release. Doubt counts as yes."""
     if has_local_state(job_id, config):
+        return True
+    from vtorque.cluster import handoff
+    if os.path.lexists(handoff.job_dir(config, job_id)):
+        return True
+    if config.network.mode == "none" and not config.ibverbs.pkey_first:
+        return False
+    from vtorque.cluster import jobwide
+    try:
+        return jobwide.holds_pieces(config, job_id)
+    except (OSError, VtorqueError):
+        return True
+
+
+def clean_node(job_id: str, config: Config, *, domains: bool = False) -> list[str]:
+    """Remove the job from this node; returns the guests destroyed. `domains`: ask libvirt
+    even when no file of the job is left (the reaper). The job-wide pieces go with the
+    last node that leaves, only once its own guests are gone."""
+    from vtorque.cluster import jobwide
+    destroyed: list[str] = []
+    if domains or has_local_state(job_id, config):
         from vtorque.vm import lifecycle
         destroyed = lifecycle.down(job_id, config)
-    handoff.withdraw(config, job_id, _node_name(config.node_name))
-    if mother_superior:
-        from vtorque.ibverbs import pool
-        handoff.clear(config, job_id)
-        addresses.release(config, job_id)
-        pool.release_pkey(config, job_id)
+        release_functions(job_id, config)
+    jobwide.leave(config, job_id, node_name(config.node_name))
     return destroyed
 
 
-def _holds_cluster_pieces(config: Config, job_id: str) -> bool:
-    """The job still holds an address block or a partition key."""
+def release_functions(job_id: str, config: Config) -> None:
+    """Give the job's virtual functions back (libvirt has returned them to the host)."""
+    if not os.path.exists(os.path.join(config.state_dir, VF_LEDGER)):
+        return
     from vtorque.ibverbs import pool
-    from vtorque.vm import addresses
-    return job_id in addresses.allocated_jobs(config) or job_id in pool.pkey_jobs(config)
+    try:
+        pool.release(config, job_id)
+    except NodeError as exc:
+        raise NodeError(f"teardown of job {job_id}: {exc}") from None
 
 
-def teardown(job_id: str, config: Config, *, mother_superior: bool,
+def teardown(job_id: str, config: Config, *,
              offline: Callable[[str, str], None] | None = None) -> tuple[bool, str]:
     """The epilogue: clean_node, and on failure take the node offline. (ok, message)."""
-    if not has_local_state(job_id, config) and \
-            not os.path.lexists(handoff.job_dir(config, job_id)) and \
-            not (mother_superior and _holds_cluster_pieces(config, job_id)):
+    if not anything_here(job_id, config):
         return True, ""     # a job without VMs here: the common case, kept cheap
     from vtorque.log import node_logger
     log = node_logger(config)
-    name = _node_name(config.node_name)
+    name = node_name(config.node_name)
     try:
-        destroyed = clean_node(job_id, config, mother_superior=mother_superior)
-    except VtorqueError as exc:
+        destroyed = clean_node(job_id, config)
+    except (VtorqueError, OSError) as exc:
         message = f"vtorque: teardown of job {job_id} on {name} incomplete: {exc}"
         log.error("%s", message)
         if offline is not None:

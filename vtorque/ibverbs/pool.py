@@ -66,7 +66,8 @@ def assigned_jobs(config: Config) -> set[str]:
     return {a.job_id for a in assignments(config)}
 
 
-def _free(candidates: list[sysfs.Hca], table: dict) -> list[tuple[sysfs.Hca, sysfs.VirtualFunction]]:
+def _free(candidates: list[sysfs.Hca], table: dict
+          ) -> list[tuple[sysfs.Hca, sysfs.VirtualFunction]]:
     """Unassigned functions, taken round-robin over the adapters (spreading a job's guests
     over every adapter's bandwidth). A function bound to vfio-pci without an entry here
     belongs to something else on this node and is left alone."""
@@ -105,7 +106,7 @@ def assign(config: Config, job_id: str, ranks: list[int],
                              node_guid=guids.node_guid(ib.guid_prefix, job_id, rank),
                              port_guid=guids.port_guid(ib.guid_prefix, job_id, rank),
                              since=now)
-                  for rank, (hca, vf) in zip(ranks, free)]
+                  for rank, (hca, vf) in zip(ranks, free[:len(ranks)], strict=True)]
         try:
             for a in chosen:
                 _configure(ib.sysfs_root, by_name[a.hca], a)

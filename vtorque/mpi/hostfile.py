@@ -44,17 +44,19 @@ def known_hosts(guests: Sequence[GuestEntry]) -> str:
     return "".join(lines)
 
 
-def ssh_config(user: str, identity: str, known_hosts_path: str,
+def ssh_config(user: str | None, identity: str, known_hosts_path: str,
                guests: Sequence[GuestEntry] = ()) -> str:
-    """Client config for the job's owner: the job's key, only the job's pinned host keys,
-    never a question (batch jobs have no terminal), never a prompt to trust a new key.
-    Guest names map to their addresses, so no resolver on the node needs to know them."""
+    """The one SSH client config of a job's owner, on the node (to log into the guests)
+    and inside the guests (mpirun between them): the job's key, only the job's pinned host
+    keys, never a question (batch jobs have no terminal), never a prompt to trust a new
+    key. Guest names map to their addresses, so no resolver needs to know them; `user`
+    None: the login name is the local one (inside the guests)."""
     blocks = "".join(f"Host {g.hostname}\n    HostName {g.address}\n"
                      for g in sorted(guests, key=_rank) if g.address)
     return blocks + (
         "Host *\n"
-        f"    User {user}\n"
-        f"    IdentityFile {identity}\n"
+        + (f"    User {user}\n" if user else "")
+        + f"    IdentityFile {identity}\n"
         "    IdentitiesOnly yes\n"
         f"    UserKnownHostsFile {known_hosts_path}\n"
         "    GlobalKnownHostsFile none\n"

@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 import pwd
 
+from vtorque import guest_layout
 from vtorque.config import Config
+from vtorque.errors import NodeError
 from vtorque.files import atomic_write, remove_tree
 from vtorque.journal import JobPaths
 from vtorque.mpi import hostfile, sshkeys
@@ -32,15 +34,21 @@ def job_guests(job_id: str, request: VmRequest, node_count: int,
 
 
 def bring_up(job_id: str, request: VmRequest, config: Config, *, user: str | None,
-             node_index: int = 0, node_count: int = 1
-             ) -> tuple[lifecycle.UpResult, list[hostfile.GuestEntry]]:
+             node_index: int = 0, node_count: int = 1, node: str | None = None,
+             run: int = 0) -> tuple[lifecycle.UpResult, list[hostfile.GuestEntry]]:
     """Start this node's guests of the job, each knowing the whole job: addresses, hosts,
-    hostfiles and (when `user` is given) the job's SSH trust."""
-    block = None
+    hostfiles and (when `user` is given) the job's SSH trust.
+
+    Order matters: everything that can refuse the request is checked before the job's
+    job-wide pieces are taken (a refused request holds no addresses), and this node
+    joins the job (its `starting` status) before its first guest exists."""
+    from vtorque.cluster import jobwide
+    from vtorque.node import node_name
+    plan = lifecycle.check(job_id, request, config)
     total = node_count * request.vms_per_node
-    if config.network.mode != "none":
-        block = addr.allocate(config, job_id, total)
-    rdma, rdma_env = rdma_plan(job_id, request, config, total)
+    block = jobwide.join(config, job_id, node or node_name(config.node_name), run, total)
+    rdma, rdma_env, functions = rdma_plan(job_id, request, config, total,
+                                          node_index * request.vms_per_node)
     secret = sshkeys.read_secret(config.secret_file) if user else None
     guests = job_guests(job_id, request, node_count, block, secret)
     hosts = hostfile.hosts_lines(guests)
@@ -50,32 +58,75 @@ def bring_up(job_id: str, request: VmRequest, config: Config, *, user: str | Non
     authorized = ((user, user_key.public),) if user_key else ()
     known = hostfile.known_hosts(guests)
 
+    account = owner_account(user) if user_key else {}
+    client = hostfile.ssh_config(None, guest_layout.USER_KEY, guest_layout.KNOWN_HOSTS)
+    setup, device = soft_roce_setup(rdma)
+
     def extras(spec: GuestSpec) -> SeedExtras:
         host = sshkeys.host_key(secret, job_id, spec.rank) if secret else None
         return SeedExtras(hosts=hosts, host_key_private=host.private_openssh if host else None,
                           host_key_public=host.public if host else None,
                           authorized_keys=authorized, hostfile=hosts_file,
-                          nodefile=nodes_file, user=user if user_key else None,
+                          nodefile=nodes_file, **account,
                           user_key_private=user_key.private_openssh if user_key else None,
-                          known_hosts=known,
-                          env=(("PBS_NODEFILE", "/etc/vtorque/nodefile"),) + rdma_env)
+                          known_hosts=known, ssh_client_config=client,
+                          rdma_setup=setup, rdma_device=device,
+                          env=(("PBS_NODEFILE", guest_layout.NODEFILE),) + rdma_env)
 
-    result = lifecycle.up(job_id, request, config,
-                          first_rank=node_index * request.vms_per_node,
-                          addresses=block, extras=extras, rdma=rdma)
+    try:
+        result = lifecycle.start(plan, config, first_rank=node_index * request.vms_per_node,
+                                 addresses=block, extras=extras, rdma=rdma,
+                                 functions=functions)
+    except BaseException:
+        if functions:
+            from vtorque.epilogue.teardown import release_functions
+            release_functions(job_id, config)
+        raise
     return result, guests
 
 
-def rdma_plan(job_id: str, request: VmRequest, config: Config, guests: int
-              ) -> tuple[str | None, tuple[tuple[str, str], ...]]:
-    """The job's RDMA transport on this node and the guests' environment for it; with
-    SR-IOV also the job's partition key (when the site hands them out)."""
+def owner_account(user: str) -> dict:
+    """The job owner's account as the node knows it, for the guests to create alike: the
+    same uid, gid and home, so files the job writes in shared directories are the
+    owner's."""
+    import grp
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise NodeError(f"the job's owner {user!r} has no account on this node") from None
+    try:
+        group = grp.getgrgid(entry.pw_gid).gr_name
+    except KeyError:
+        group = None
+    return {"user": user, "user_uid": entry.pw_uid, "user_gid": entry.pw_gid,
+            "user_group": group, "user_home": entry.pw_dir}
+
+
+def soft_roce_setup(rdma: str | None) -> tuple[tuple[tuple[str, ...], ...], str | None]:
+    """What a cloud guest runs to create its Soft-RoCE device, and the device's name."""
+    from vtorque.ibverbs import transport
+    if rdma != transport.SOFT_ROCE:
+        return (), None
+    return tuple(tuple(c) for c in transport.RXE_COMMANDS), transport.RXE_DEVICE
+
+
+def rdma_plan(job_id: str, request: VmRequest, config: Config, guests: int,
+              first_rank: int) -> tuple[str | None, tuple[tuple[str, str], ...],
+                                        dict[int, str]]:
+    """The job's RDMA transport on this node, the guests' environment for it and, with
+    SR-IOV, the virtual function of each of this node's guest ranks (assigned now, all or
+    none) and the job's partition key (when the site hands them out)."""
     if not request.vrdma:
-        return None, ()
+        return None, (), {}
     from vtorque.ibverbs import pool, sysfs, transport
-    rdma = transport.choose(True, sysfs.discover(config.ibverbs.sysfs_root), config.ibverbs)
+    hcas = sysfs.discover(config.ibverbs.sysfs_root)
+    rdma = transport.choose(True, hcas, config.ibverbs)
     pkey = pool.allocate_pkey(config, job_id, guests) if rdma == transport.SRIOV else None
-    return rdma, transport.job_environment(rdma, config.ibverbs.transport, pkey)
+    functions: dict[int, str] = {}
+    if rdma == transport.SRIOV:
+        ranks = list(range(first_rank, first_rank + request.vms_per_node))
+        functions = {a.rank: a.pci for a in pool.assign(config, job_id, ranks, hcas)}
+    return rdma, transport.job_environment(rdma, config.ibverbs.transport, pkey), functions
 
 
 def write_user_files(job_id: str, config: Config, user: str,

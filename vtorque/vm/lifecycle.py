@@ -26,9 +26,7 @@ from vtorque import node
 from vtorque.config import Config
 from vtorque.errors import HypervisorError, NodeError, ResourceError, TeardownError, VtorqueError
 from vtorque.files import ensure_parent_dirs, make_dir, remove_file, remove_tree
-from vtorque.ibverbs import pool as vf_pool
-from vtorque.ibverbs.transport import SRIOV
-from vtorque.images import Catalog
+from vtorque.images import Catalog, Image
 from vtorque.journal import JobPaths, Journal
 from vtorque.request import VmRequest, check_fits_node, check_image_matches, image_name
 from vtorque.vm import disks, readiness
@@ -108,49 +106,72 @@ def _job_lock(paths: JobPaths):
             os.close(fd)
 
 
-def up(job_id: str, request: VmRequest, config: Config, *, first_rank: int = 0,
-       catalog: Catalog | None = None, addresses: AddressBlock | None = None,
-       extras: Callable[[GuestSpec], SeedExtras] | None = None,
-       rdma: str | None = None) -> UpResult:
-    """Start this node's guests of `job_id` and wait until all answer.
+@dataclass(frozen=True)
+class Plan:
+    """A request checked against this node, before anything is made for it."""
+    job_id: str
+    request: VmRequest
+    image: Image
 
-    `rdma` is the transport decided for the job here (ibverbs.transport.choose); with
-    SR-IOV each guest gets a virtual function, assigned under the job's lock."""
-    started = time.monotonic()
-    paths = paths_for(job_id, config)
+
+def check(job_id: str, request: VmRequest, config: Config,
+          catalog: Catalog | None = None) -> Plan:
+    """Everything that can refuse the request on this node without making anything: the
+    image (authorized, matching the request), the node's cores and memory, free space."""
     catalog = catalog or Catalog(config.image_pool,
                                  checksum_cache=os.path.join(config.state_dir, ".checksums"))
     image = catalog.authorize(image_name(request, catalog))
-    check_image_matches(request, image)
+    check_image_matches(request, image, config)
     facts = node.facts()
     check_fits_node(request, facts.cores, facts.memory_mib, config)
     _check_free_space(request, config)
+    return Plan(job_id, request, image)
+
+
+def up(job_id: str, request: VmRequest, config: Config, *, catalog: Catalog | None = None,
+       **start_args) -> UpResult:
+    """check() then start(): for callers that have nothing to do in between."""
+    return start(check(job_id, request, config, catalog), config, **start_args)
+
+
+def start(plan: Plan, config: Config, *, first_rank: int = 0,
+       addresses: AddressBlock | None = None,
+       extras: Callable[[GuestSpec], SeedExtras] | None = None,
+       rdma: str | None = None, functions: dict[int, str] | None = None) -> UpResult:
+    """Start this node's guests of the checked plan and wait until all answer.
+
+    `rdma` is the transport decided for the job here; `functions` maps a guest rank to
+    the PCI address of the virtual function it gets (assigned by the caller)."""
+    started = time.monotonic()
+    job_id, request, image = plan.job_id, plan.request, plan.image
+    paths = paths_for(job_id, config)
     qemu_uid, qemu_gid = qemu_ids(config)
     tokens = [secrets.token_hex(8) for _ in range(request.vms_per_node)]
     domain_type = node.domain_type(config.hypervisor)
-    with _job_lock(paths), Host(config.libvirt_uri) as host:
-        if host.tagged_domains(job_id, _node(config)) or os.path.lexists(paths.job_dir):
-            # Left over from a killed prologue or a requeue: clear it, then start afresh.
-            _teardown(paths, host, config)
-        try:
-            functions = {}
-            if rdma == SRIOV:
-                ranks = list(range(first_rank, first_rank + request.vms_per_node))
-                functions = {a.rank: a.pci for a in vf_pool.assign(config, job_id, ranks)}
-            specs = build_guest_specs(paths=paths, request=request, image=image,
-                                      config=config, domain_type=domain_type,
-                                      first_rank=first_rank, tokens=tokens,
-                                      qemu_uid=qemu_uid, qemu_gid=qemu_gid,
-                                      addresses=addresses, node=_node(config), rdma=rdma,
-                                      functions=functions)
-            return _provision(paths, specs, host, config, started, extras)
-        except BaseException as exc:
-            try:
+    try:
+        with _job_lock(paths), Host(config.libvirt_uri) as host:
+            if host.tagged_domains(job_id, _node(config)) or os.path.lexists(paths.job_dir):
+                # Left over from a killed prologue or a requeue: clear it, start afresh.
                 _teardown(paths, host, config)
-            except VtorqueError as cleanup_exc:
-                if isinstance(exc, VtorqueError):
-                    exc.message = f"{exc}; rollback also failed: {cleanup_exc}"
-            raise
+            try:
+                specs = build_guest_specs(paths=paths, request=request, image=image,
+                                          config=config, domain_type=domain_type,
+                                          first_rank=first_rank, tokens=tokens,
+                                          qemu_uid=qemu_uid, qemu_gid=qemu_gid,
+                                          addresses=addresses, node=_node(config),
+                                          rdma=rdma, functions=functions or {})
+                return _provision(paths, specs, host, config, started, extras)
+            except BaseException as exc:
+                try:
+                    _teardown(paths, host, config)
+                except VtorqueError as cleanup_exc:
+                    if isinstance(exc, VtorqueError):
+                        exc.message = f"{exc}; rollback also failed: {cleanup_exc}"
+                raise
+    except OSError as exc:     # the lock, the job directory or the journal: disk full, ...
+        raise ResourceError(f"cannot write the state of job {job_id} on this node: "
+                            f"{exc.filename or config.state_dir}: {exc.strerror or exc}"
+                            ) from None
 
 
 def _provision(paths: JobPaths, specs: list[GuestSpec], host: Host, config: Config,
@@ -195,17 +216,23 @@ def _provision(paths: JobPaths, specs: list[GuestSpec], host: Host, config: Conf
     guests = [Guest(s.job_id, s.rank, s.name, s.hostname, "running",
                     s.nic.mac if s.nic else None, round(ready[s.name], 3),
                     s.nic.address if s.nic else None) for s in specs]
-    kind = "osv" if specs[0].template == "osv.xml.j2" else "linux"
-    return UpResult(paths.job_id, guests, time.monotonic() - started, kind, specs[0].rdma)
+    return UpResult(paths.job_id, guests, time.monotonic() - started, specs[0].kind,
+                    specs[0].rdma)
 
 
 def down(job_id: str, config: Config) -> list[str]:
     """Destroy every guest and remove every file of `job_id` on this node.
 
     Returns the domain names destroyed. Raises TeardownError listing what could not be
-    removed; everything else is still removed.
+    removed; everything else is still removed. A job with nothing on this node costs one
+    look at libvirt and creates nothing (not even its lock).
     """
     paths = paths_for(job_id, config)
+    if not any(os.path.lexists(p) for p in (paths.job_dir, paths.ramdisk_dir,
+                                            paths.user_dir, paths.lock)):
+        with Host(config.libvirt_uri) as host:
+            if not host.tagged_domains(job_id, _node(config)):
+                return []
     with _job_lock(paths), Host(config.libvirt_uri) as host:
         return _teardown(paths, host, config)
 
@@ -230,25 +257,25 @@ def _teardown(paths: JobPaths, host: Host, config: Config) -> list[str]:
         except HypervisorError as exc:
             failures.append(str(exc))
     # libvirt's destroy returns after QEMU has exited; check anyway so that a stuck QEMU
-    # is reported, not silently left holding the job's disks.
+    # is reported, not silently left holding the job's disks. Each guest is looked at at
+    # least once, however long the destroys took.
     for name in names:
-        while time.monotonic() < deadline:
+        while True:
             try:
-                if host.state(name) is None:
-                    break
-            except HypervisorError:
+                gone = host.state(name) is None
+            except HypervisorError as exc:
+                failures.append(f"cannot tell whether guest {name} is gone: {exc}")
+                break
+            if gone:
+                break
+            if time.monotonic() >= deadline:
+                failures.append(f"guest {name} still exists after destroy")
                 break
             time.sleep(0.05)
-        else:
-            failures.append(f"guest {name} still exists after destroy")
     if failures:
-        # Keep the journal, files and functions: a later teardown (or the reaper) must
-        # still find the guests that would not go away.
+        # Keep the journal and files: a later teardown (or the reaper) must still find
+        # the guests that would not go away.
         raise TeardownError(paths.job_id, failures)
-    try:
-        vf_pool.release(config, paths.job_id)   # libvirt has given them back to the host
-    except NodeError as exc:
-        failures.append(str(exc))
     for directory in (paths.user_dir, paths.job_dir, paths.ramdisk_dir):
         try:
             remove_tree(directory)

@@ -16,8 +16,8 @@ _ENV = jinja2.Environment(
 
 def domain_xml(spec: GuestSpec) -> str:
     """The domain XML of one guest."""
-    return _ENV.get_template(spec.template).render(spec=spec, ns=METADATA_NS,
-                                                  hostroot_tag=HOSTROOT_TAG)
+    return _ENV.get_template("domain.xml.j2").render(spec=spec, ns=METADATA_NS,
+                                                    hostroot_tag=HOSTROOT_TAG)
 
 
 # The job-isolation filters, defined once per node (order: referenced ones first).

@@ -35,6 +35,8 @@ class DiskSpec:
     format: str          # qcow2 | raw
     target: str          # vda, vdb, ...
     readonly: bool = False
+    cache: str | None = None        # QEMU's cache mode; None: QEMU's default
+    discard: str | None = None      # "unmap": the guest's TRIM frees overlay space
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,10 @@ class NicSpec:
     kind: str            # network | bridge
     source: str
     mac: str
+    mtu: int                        # always applied, as the site configured it
     address: str | None = None      # static IPv4 address (None: DHCP)
     prefix: int | None = None
     gateway: str | None = None
-    mtu: int = 1500
     peers: tuple[str, ...] = ()     # isolation: the only IPv4 peers (empty: no filter)
 
 
@@ -57,9 +59,12 @@ class GuestSpec:
     node: str             # the node it runs on (tagged, so teardown touches only its own)
     name: str             # libvirt domain name, unique on the node
     hostname: str
-    template: str         # linux.xml.j2 | osv.xml.j2
+    kind: str             # linux (boots its disk) | kernel (direct boot) | osv
+    title: str            # the domain's <title>
     domain_type: str      # kvm | qemu
-    machine: str
+    arch: str             # x86_64
+    machine: str          # q35 | pc
+    cpu_mode: str | None  # host-passthrough under KVM; None: the emulator's default CPU
     vcpus: int
     memory_mib: int
     cpuset: tuple[int, ...]          # host cores, one per vCPU when pinned; () = unpinned
@@ -84,6 +89,7 @@ class GuestSpec:
     ready_url: str | None = None
     rdma: str | None = None          # sriov | soft-roce | None
     hostdevs: tuple[str, ...] = ()   # PCI addresses of functions passed through (VFIO)
+    rng: bool = True                 # a virtio-rng device fed by the host's /dev/urandom
 
     @property
     def hostdev_addresses(self) -> tuple[tuple[str, str, str, str], ...]:
@@ -133,6 +139,26 @@ def pinned_cores(config: Config, request: VmRequest, local_index: int) -> tuple[
     return tuple(range(first, first + request.vcpus))
 
 
+# What differs between the kinds of guest, decided here once (virtinst's set_defaults):
+# OSv hangs on q35 under TCG right after its virtio-blk probe, and its disk is read
+# without the page cache; Linux guests may TRIM their overlays.
+@dataclass(frozen=True)
+class KindDefaults:
+    machine: str | None          # None: the site's machine_type
+    title_suffix: str
+    disk_cache: str | None
+    disk_discard: str | None
+    seed: bool                   # a cloud-init NoCloud seed disk
+    rng: bool
+
+
+KIND_DEFAULTS = {
+    "linux": KindDefaults(None, "", None, "unmap", True, True),
+    "kernel": KindDefaults(None, "", None, "unmap", True, True),
+    "osv": KindDefaults("pc", " (OSv)", "none", None, False, False),
+}
+
+
 def build_guest_specs(*, paths: JobPaths, request: VmRequest, image: Image, config: Config,
                       domain_type: str, first_rank: int, tokens: list[str],
                       qemu_uid: int, qemu_gid: int,
@@ -146,6 +172,7 @@ def build_guest_specs(*, paths: JobPaths, request: VmRequest, image: Image, conf
     functions = functions or {}
     if len(tokens) != request.vms_per_node:
         raise ValueError("one ready token per guest is needed")
+    kind = KIND_DEFAULTS[image.kind]
     disk_dir = paths.ramdisk_dir if request.fs_type == "ramdisk" else paths.job_dir
     net = config.network
     specs = []
@@ -155,13 +182,15 @@ def build_guest_specs(*, paths: JobPaths, request: VmRequest, image: Image, conf
         host = hostname(paths.job_id, rank)
         overlay = None
         if image.disk is not None:
-            overlay = DiskSpec(os.path.join(disk_dir, f"{name}.qcow2"), "qcow2", "vda")
+            overlay = DiskSpec(os.path.join(disk_dir, f"{name}.qcow2"), "qcow2", "vda",
+                               cache=kind.disk_cache, discard=kind.disk_discard)
         scratch = None
         if rank == 0 and request.disk_mib:
             scratch = DiskSpec(os.path.join(disk_dir, f"{name}.scratch.qcow2"), "qcow2",
-                               "vdb" if overlay else "vda")
+                               "vdb" if overlay else "vda", cache=kind.disk_cache,
+                               discard=kind.disk_discard)
         seed = None
-        if image.kind != "osv":
+        if kind.seed:
             used = [d.target for d in (overlay, scratch) if d]
             target = next(t for t in ("vda", "vdb", "vdc") if t not in used)
             seed = DiskSpec(os.path.join(paths.job_dir, f"{name}.seed.iso"), "raw", target,
@@ -175,33 +204,21 @@ def build_guest_specs(*, paths: JobPaths, request: VmRequest, image: Image, conf
                 if net.isolate_jobs:
                     peers = tuple(addresses.address(r) for r in range(addresses.size)) + \
                         ((addresses.gateway,) if addresses.gateway else ())
-                nic = NicSpec(net.mode, source, mac, addresses.address(rank), addresses.prefix,
-                              addresses.gateway, net.mtu, peers)
+                nic = NicSpec(net.mode, source, mac, net.mtu, addresses.address(rank),
+                              addresses.prefix, addresses.gateway, peers)
             else:
-                nic = NicSpec(net.mode, source, mac, mtu=net.mtu)
+                nic = NicSpec(net.mode, source, mac, net.mtu)
         cmdline = None
         if image.kind == "kernel":
-            extra = [f"vtorque.hostname={host}", f"vtorque.ready={tokens[index]}"]
-            if nic is not None and nic.address:
-                extra.append(f"vtorque.ip={nic.address}/{nic.prefix}")
-                if nic.gateway:
-                    extra.append(f"vtorque.gw={nic.gateway}")
-                if nic.mtu != 1500:
-                    extra.append(f"vtorque.mtu={nic.mtu}")
-            elif nic is not None:
-                extra.append("vtorque.net=dhcp")
-            if image.host_share:
-                extra.append(f"vtorque.hostroot={HOSTROOT_TAG}")
-            if rdma == "soft-roce":
-                extra.append("vtorque.rdma=rxe")
-            cmdline = " ".join(filter(None, [image.cmdline, *extra]))
+            cmdline = _kernel_cmdline(image, host, tokens[index], nic, rdma)
         hostdevs = (functions[rank],) if rank in functions else ()
         specs.append(GuestSpec(
             job_id=paths.job_id, rank=rank, node=node, name=name, hostname=host,
-            template="osv.xml.j2" if image.kind == "osv" else "linux.xml.j2",
-            domain_type=domain_type,
+            kind=image.kind, title=f"vtorque job {paths.job_id} rank {rank}{kind.title_suffix}",
+            domain_type=domain_type, arch=request.arch,
             # PCIe passthrough wants a PCIe machine, whatever the site's default.
-            machine="q35" if hostdevs else config.machine_type,
+            machine="q35" if hostdevs else (kind.machine or config.machine_type),
+            cpu_mode="host-passthrough" if domain_type == "kvm" else None,
             vcpus=request.vcpus, memory_mib=request.ram_mib,
             cpuset=pinned_cores(config, request, index),
             kernel=image.kernel.path if image.kernel else None,
@@ -216,5 +233,24 @@ def build_guest_specs(*, paths: JobPaths, request: VmRequest, image: Image, conf
             image_name=image.name, distro=image.distro, host_share=image.host_share,
             ready_url=(f"http://{nic.address}:{OSV_API_PORT}/os/version"
                        if image.kind == "osv" and nic and nic.address else None),
-            rdma=rdma, hostdevs=hostdevs))
+            rdma=rdma, hostdevs=hostdevs, rng=kind.rng))
     return specs
+
+
+def _kernel_cmdline(image: Image, host: str, token: str, nic: NicSpec | None,
+                    rdma: str | None) -> str:
+    """The direct-boot guest's kernel command line: the image's own, then what its init
+    reads (vtorque.* words)."""
+    extra = [f"vtorque.hostname={host}", f"vtorque.ready={token}"]
+    if nic is not None and nic.address:
+        extra.append(f"vtorque.ip={nic.address}/{nic.prefix}")
+        if nic.gateway:
+            extra.append(f"vtorque.gw={nic.gateway}")
+        extra.append(f"vtorque.mtu={nic.mtu}")
+    elif nic is not None:
+        extra.append("vtorque.net=dhcp")
+    if image.host_share:
+        extra.append(f"vtorque.hostroot={HOSTROOT_TAG}")
+    if rdma == "soft-roce":
+        extra.append("vtorque.rdma=rxe")
+    return " ".join(filter(None, [image.cmdline, *extra]))

@@ -1,4 +1,4 @@
-"""The job's shell: runs the job script inside guest rank 0 as the job's owner.
+"""The job shell for Linux guests: the script runs in guest rank 0 over SSH.
 
 vsub submits VM jobs with `qsub -S <job shell>` (an admin-installed shim calling
 `vtorque job-shell`), so the batch system starts this, as the job owner, on the mother
@@ -23,16 +23,14 @@ import sys
 import time
 from collections.abc import Mapping
 
-from vtorque import config as config_mod
-from vtorque import proc
-from vtorque.errors import VtorqueError
-from vtorque.journal import JobPaths
+from vtorque import guest_layout, proc
+from vtorque.text import one_line
 
 SSH = "/usr/bin/ssh"
 PROBE_ATTEMPTS = 4
 PROBE_PAUSE = 3.0
-GUEST_NODEFILE = "/etc/vtorque/nodefile"
-GUEST_HOSTFILE = "/etc/vtorque/hostfile"
+GUEST_NODEFILE = guest_layout.NODEFILE
+GUEST_HOSTFILE = guest_layout.HOSTFILE
 _SHELL = re.compile(r"/[A-Za-z0-9._/+-]+")
 # Variables that describe the job, passed to the guest; translated where they name host
 # paths. Everything else of the host environment stays on the host.
@@ -77,20 +75,9 @@ def remote_command(env: Mapping[str, str], workdir: str | None, shell: str,
     return f"{cd}; export {exports}; exec {shlex.quote(shell)} {args} -s".replace("  ", " ")
 
 
-def run(script: str, env: Mapping[str, str], config_path: str | None) -> int:
-    job_id = env.get("PBS_JOBID") or env.get("SLURM_JOB_ID")
-    if not job_id:
-        raise VtorqueError("job-shell: no PBS_JOBID or SLURM_JOB_ID: run by the batch system")
-    config = config_mod.load(config_path)
-    paths = JobPaths.for_job(job_id, config.state_dir, config.ramdisk_dir)
-    try:
-        with open(os.path.join(paths.user_dir, "rank0")) as handle:
-            rank0 = handle.read().strip()
-    except OSError:
-        raise VtorqueError(f"job-shell: job {job_id} has no guests on this node "
-                           f"({paths.user_dir} missing); was it submitted with vsub?") from None
-    if _read(paths.user_dir, "guest-kind") == "osv":
-        return _run_osv(script, env, job_id, _read(paths.user_dir, "rank0-address"))
+def run(script: str, env: Mapping[str, str], job_id: str, user_dir: str, rank0: str) -> int:
+    """Run `script` in Linux guest rank 0 (`rank0`, a host name the job's ssh_config in
+    `user_dir` knows) over SSH; returns the script's exit status (255: ssh failed)."""
     shell, shell_args = script_shell(script)
     asked = env.get("VTORQUE_SHELL", "")
     if _SHELL.fullmatch(asked):       # the user's qsub -S, kept by vsub for the guest
@@ -98,68 +85,24 @@ def run(script: str, env: Mapping[str, str], config_path: str | None) -> int:
     command = remote_command(guest_environment(env, job_id),
                              env.get("PBS_O_WORKDIR") or env.get("SLURM_SUBMIT_DIR"),
                              shell, shell_args)
-    ssh = [SSH, "-F", os.path.join(paths.user_dir, "ssh_config"), "-T", rank0]
+    ssh = [SSH, "-F", os.path.join(user_dir, "ssh_config"), "-T", rank0]
     ssh_env = {"PATH": proc.SAFE_PATH, "HOME": env.get("HOME", "/"), "LC_ALL": "C"}
     # ssh's own failures and the script's exit status 255 look alike: make sure the
     # guest takes logins first (a busy node's guests can be slow to answer), bounded.
     for attempt in range(PROBE_ATTEMPTS):
+        if attempt:
+            time.sleep(PROBE_PAUSE * attempt)
         probe = proc.run([*ssh, "true"], timeout=120, check=False, env=ssh_env)
         if probe.returncode == 0:
             break
-        time.sleep(PROBE_PAUSE * (attempt + 1))
     else:
         reason = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else \
             f"ssh exit status {probe.returncode}"
-        print(f"vtorque: job-shell: cannot log into guest {rank0}: {reason}", file=sys.stderr)
+        print(f"vtorque: job-shell: cannot log into guest {rank0}: {one_line(reason)}",
+              file=sys.stderr)
         return 255
     done = proc.run([*ssh, command], timeout=None, check=False, input=script,
                     capture=False, env=ssh_env)
     if done.returncode == 255:
         print(f"vtorque: job-shell: ssh to guest {rank0} failed", file=sys.stderr)
     return done.returncode
-
-
-def _read(directory: str, name: str) -> str:
-    try:
-        with open(os.path.join(directory, name)) as handle:
-            return handle.read().strip()
-    except OSError:
-        return ""
-
-
-def osv_command(script: str) -> str:
-    """OSv runs programs, not shell scripts: the job script's one command line (comments,
-    #PBS directives and blank lines aside) is the program and its arguments."""
-    lines = [ln.strip() for ln in script.splitlines()
-             if ln.strip() and not ln.lstrip().startswith("#")]
-    if len(lines) != 1:
-        raise VtorqueError("job-shell: an OSv job script must hold exactly one command line "
-                           f"(found {len(lines)})")
-    return lines[0]
-
-
-def _run_osv(script: str, env: Mapping[str, str], job_id: str, address: str) -> int:
-    from vtorque import osv
-    if not address:
-        raise VtorqueError(f"job-shell: job {job_id}: no address for OSv rank 0")
-    return osv.run_job(address, osv_command(script), env=guest_environment(env, job_id))
-
-
-def main(args: list[str], config_path: str | None) -> int:
-    """`vtorque job-shell [SCRIPT]`: the script from the argument or standard input."""
-    try:
-        if args and not args[0].startswith("-"):
-            with open(args[0]) as handle:
-                script = handle.read()
-        else:
-            script = sys.stdin.read()
-            # PBS on Linux feeds a -S shell one line naming the job's script file rather
-            # than the script itself; Torque feeds the script.
-            named = script.strip()
-            if "\n" not in named and named.startswith("/") and os.path.isfile(named):
-                with open(named) as handle:
-                    script = handle.read()
-        return run(script, os.environ, config_path)
-    except VtorqueError as exc:
-        print(f"vtorque: {exc}", file=sys.stderr)
-        return 1

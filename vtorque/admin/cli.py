@@ -62,11 +62,19 @@ def cmd_image_check(args) -> int:
 
 
 def cmd_vm_up(args) -> int:
+    from vtorque.epilogue.teardown import clean_node
     from vtorque.prologue.guests import bring_up
     from vtorque.request import parse_request
     cfg = _load(args)
     request = parse_request(args.request, cfg)
-    result, _ = bring_up(args.job, request, cfg, user=args.user)
+    try:
+        result, _ = bring_up(args.job, request, cfg, user=args.user)
+    except VtorqueError as exc:
+        try:        # give back what this call took (the address block above all)
+            clean_node(args.job, cfg)
+        except VtorqueError as cleanup:
+            exc.message = f"{exc}; cleanup also failed: {cleanup}"
+        raise
     if args.json:
         print(json.dumps({"job": result.job_id, "seconds": round(result.seconds, 3),
                           "guests": [g.__dict__ for g in result.guests]}))
@@ -94,11 +102,9 @@ def cmd_vm_list(args) -> int:
 
 
 def cmd_vm_down(args) -> int:
-    from vtorque.vm import lifecycle
+    from vtorque.epilogue.teardown import clean_node
     cfg = _load(args)
-    from vtorque.vm import addresses
-    destroyed = lifecycle.down(args.job, cfg)
-    addresses.release(cfg, args.job)
+    destroyed = clean_node(args.job, cfg, domains=True)
     print(f"job {args.job}: {len(destroyed)} guest(s) destroyed, job files removed")
     return 0
 
@@ -141,15 +147,16 @@ def cmd_hook(args) -> int:
 
 
 def cmd_job_shell(args) -> int:
-    from vtorque import jobshell
-    return jobshell.main(args.args, args.config)
+    from vtorque.jobshell import main
+    return main(args.args, args.config)
 
 
 def cmd_reap(args) -> int:
-    from vtorque.batch import base
-    from vtorque.epilogue.reaper import reap
+    from vtorque.admin.reaper import reap
+    from vtorque.batch import registry
     cfg = _load(args)
-    verdicts = reap(cfg, base.get(cfg.batch.system, cfg.batch.bin_dir), dry_run=args.dry_run)
+    verdicts = reap(cfg, registry.get(cfg.batch.system, cfg.batch.bin_dir),
+                    dry_run=args.dry_run)
     for v in verdicts:
         print(f"{v.job_id}\t{v.action}\t{v.reason}")
     return 1 if any(v.action == "unknown" for v in verdicts) else 0
@@ -215,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "job", None) is not None:
+            from vtorque import jobid
+            jobid.check(args.job, "--job")
         return args.func(args)
     except VtorqueError as exc:
         print(f"vtorque: {exc}", file=sys.stderr)

@@ -15,9 +15,9 @@ import os
 import time
 from dataclasses import dataclass
 
-from vtorque.batch.base import BatchSystem, UnknownJobError
+from vtorque.batch.base import BatchSystem
 from vtorque.config import Config
-from vtorque.errors import VtorqueError
+from vtorque.errors import UnknownJobError, VtorqueError
 from vtorque.journal import Journal
 from vtorque.log import node_logger
 
@@ -62,10 +62,15 @@ def local_jobs(config: Config) -> set[str]:
 
 
 def reap(config: Config, batch: BatchSystem, *, dry_run: bool = False) -> list[Verdict]:
+    """Clean every job of this node (and every job holding job-wide pieces) that the batch
+    system reports finished or unknown. A job's guests are found by their libvirt tag as
+    well as by its files; its job-wide pieces go only when no node is left holding any
+    part of it (cluster/jobwide.py), whichever node's reaper comes last."""
+    from vtorque.cluster import jobwide
     from vtorque.epilogue.teardown import clean_node
     log = node_logger(config)
     verdicts = []
-    for job_id in sorted(local_jobs(config)):
+    for job_id in sorted(local_jobs(config) | jobwide.jobs(config)):
         try:
             state = batch.job(job_id).state
             alive = state is None or state.upper() not in FINISHED_STATES
@@ -80,8 +85,7 @@ def reap(config: Config, batch: BatchSystem, *, dry_run: bool = False) -> list[V
             continue
         if not dry_run:
             try:
-                # Whoever reaps last frees the job's cluster-wide pieces.
-                clean_node(job_id, config, mother_superior=True)
+                clean_node(job_id, config, domains=True)
                 log.info("reaper: job %s cleaned (%s)", job_id, reason)
             except VtorqueError as exc:
                 verdicts.append(Verdict(job_id, "unknown", f"cleanup failed: {exc}"))

@@ -1,0 +1,187 @@
+"""One test site per batch system for the hook contract suite (test_hook_contract.py): a
+config, the scheduler's stand-in commands (tests/standins) with one job in their DB, and
+the scheduler's own way of calling vtorque's hook (Torque: mom_priv arguments, the node
+from the config; OpenPBS: JOBID USER ROLE NODE; Slurm: SLURM_* variables).
+
+What a hook did is read back in the scheduler's own terms and told in neutral ones:
+`verdict()` is run, abort or requeue, `offline()` the nodes taken out of service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.standins import calls, install, read_db
+from vtorque import hooks
+
+JOB_IDS = {"torque": "17.head", "openpbs": "42.pbs", "slurm": "42"}
+NODES = ("n1", "n2")
+
+
+class Site:
+    scheduler = ""
+    query = ""                  # the stand-in program the hook reads the job with
+
+    def __init__(self, tmp: Path, config_data: dict[str, Any]):
+        self.tmp = tmp
+        self.job_id = JOB_IDS[self.scheduler]
+        self.bin_dir = tmp / f"{self.scheduler}-bin"
+        self.job_shell = tmp / "job-shell"
+        self.data = dict(config_data, node_name="n1", log_file=str(tmp / "log" / "vt.log"),
+                         batch={"system": self.scheduler, "bin_dir": str(self.bin_dir),
+                                "shared_state_dir": str(tmp / "shared"),
+                                "job_shell": str(self.job_shell), "max_requeues": 3})
+        secret = tmp / "secret"
+        secret.write_bytes(bytes(range(32)))
+        secret.chmod(0o600)
+        self.data["secret_file"] = str(secret)
+        self.config = tmp / "vtorque.yaml"
+        self.write_config()
+        self.db = install(self.scheduler, self.bin_dir, jobs={})
+
+    # -- the site ------------------------------------------------------------------------------
+    def write_config(self, **overrides: Any) -> None:
+        data = dict(self.data)
+        for key, value in overrides.items():
+            data[key] = dict(data.get(key, {}), **value) if isinstance(value, dict) else value
+        self.data = data
+        self.config.write_text(yaml.safe_dump(data))
+
+    def set_job(self, vm: str | None = "vcpus=1", *, user: str = "alice", runs: int = 1,
+                nodes: tuple[str, ...] = NODES, **fail: Any) -> None:
+        """The server knows the job (vm None: a job without VM requests)."""
+        self.db = install(self.scheduler, self.bin_dir,
+                          jobs={self.job_id: self.record(vm, user, runs, nodes)}, **fail)
+
+    def no_job(self) -> None:
+        self.db = install(self.scheduler, self.bin_dir, jobs={})
+
+    def server_down(self) -> None:
+        self.db = install(self.scheduler, self.bin_dir, jobs={}, fail={self.query: {
+            "exit": 1, "stderr": f"{self.query}: cannot connect to server head\n"}})
+
+    # -- calling the hook ------------------------------------------------------------------
+    def start(self, node: str = "n1", user: str = "alice", job_id: str | None = None) -> int:
+        """The job's start on `node` (n1 is the mother superior)."""
+        raise NotImplementedError
+
+    def end(self, node: str = "n1", job_id: str | None = None) -> int:
+        raise NotImplementedError
+
+    def failure_status(self, start: bool) -> int:
+        """The exit status of a hook that could not do its job."""
+        return 2 if start else 1
+
+    # -- what happened ---------------------------------------------------------------------
+    def verdict(self, status: int) -> str:
+        return {0: "run", 1: "abort", 2: "requeue"}[status]
+
+    def offline(self) -> list[str]:
+        nodes = read_db(self.db)["nodes"]
+        return sorted(n for n, v in nodes.items() if v.get("state") in ("offline", "drain"))
+
+    def queries(self) -> int:
+        return sum(1 for c in calls(self.db) if c["prog"] == self.query)
+
+    def programs(self) -> list[str]:
+        return [c["prog"] for c in calls(self.db)]
+
+
+class TorqueSite(Site):
+    scheduler = "torque"
+    query = "qstat"
+
+    def record(self, vm, user, runs, nodes):
+        variables = {"PBS_O_WORKDIR": f"/home/{user}/run"}
+        if vm is not None:
+            variables["VTORQUE_VM"] = vm
+        return {"Job_Name": "vmjob", "Job_Owner": f"{user}@login1", "euser": user,
+                "egroup": "hpc", "job_state": "R", "queue": "batch",
+                "exec_host": "+".join(f"{n}/0-1" for n in nodes), "start_count": str(runs),
+                "Resource_List": {"nodes": f"{len(nodes)}:ppn=2"},
+                "Variable_List": variables}
+
+    def _call(self, event: str, node: str, args: list[str]) -> int:
+        if self.data.get("node_name") != node:
+            self.write_config(node_name=node)
+        return hooks.main("torque", event, args, str(self.config))
+
+    def start(self, node="n1", user="alice", job_id=None):
+        event = "prologue" if node == "n1" else "prologue.parallel"
+        return self._call(event, node, [job_id or self.job_id, user, "hpc", "vmjob",
+                                        "nodes=2:ppn=2", "", "batch", "", "/home/alice"])
+
+    def end(self, node="n1", job_id=None):
+        event = "epilogue" if node == "n1" else "epilogue.parallel"
+        return self._call(event, node, [job_id or self.job_id, "alice", "hpc", "vmjob",
+                                        "0", "", "", "batch", "", "0", "/home/alice"])
+
+
+class OpenPBSSite(Site):
+    scheduler = "openpbs"
+    query = "qstat"
+
+    def record(self, vm, user, runs, nodes):
+        variables = {"PBS_O_WORKDIR": f"/home/{user}/run"}
+        if vm is not None:
+            variables["VTORQUE_VM"] = vm
+        return {"Job_Name": "vmjob", "Job_Owner": f"{user}@login1", "euser": user,
+                "egroup": "hpc", "job_state": "R", "queue": "workq",
+                "exec_host": "+".join(f"{n}/0*2" for n in nodes), "run_count": runs,
+                "Resource_List": {"ncpus": 2 * len(nodes), "nodect": len(nodes)},
+                "Variable_List": variables}
+
+    def start(self, node="n1", user="alice", job_id=None):
+        role = "ms" if node == "n1" else "sister"
+        return hooks.main("openpbs", "prologue", [job_id or self.job_id, user, role, node],
+                          str(self.config))
+
+    def end(self, node="n1", job_id=None):
+        role = "ms" if node == "n1" else "sister"
+        return hooks.main("openpbs", "end", [job_id or self.job_id, "alice", role, node],
+                          str(self.config))
+
+
+class SlurmSite(Site):
+    scheduler = "slurm"
+    query = "scontrol"
+
+    def record(self, vm, user, runs, nodes):
+        job = {"JobName": "vmjob", "UserId": f"{user}(1001)", "GroupId": "hpc(100)",
+               "JobState": "RUNNING", "Reason": "Prolog", "Partition": "batch",
+               "NodeList": ",".join(nodes), "NumCPUs": 4,
+               "CPU_IDs": {n: "0-1" for n in nodes}, "Restarts": runs - 1,
+               "WorkDir": f"/home/{user}/run"}
+        if vm is not None:
+            job["Comment"] = f"vtorque:{vm}"
+        return job
+
+    def env(self, node: str, job_id: str | None) -> dict[str, str]:
+        return {"SLURM_JOB_ID": job_id or self.job_id, "SLURM_JOB_USER": "alice",
+                "SLURMD_NODENAME": node, "SLURM_JOB_NODELIST": ",".join(NODES)}
+
+    def start(self, node="n1", user="alice", job_id=None):
+        env = dict(self.env(node, job_id), SLURM_JOB_USER=user)
+        return hooks.main("slurm", "prolog", [], str(self.config), environ=env)
+
+    def end(self, node="n1", job_id=None):
+        return hooks.main("slurm", "epilog", [], str(self.config),
+                          environ=self.env(node, job_id))
+
+    def failure_status(self, start):
+        return 1
+
+    def verdict(self, status):
+        if status != 0:
+            return "requeue"                 # Slurm requeues the job held
+        job = read_db(self.db)["jobs"].get(self.job_id, {})
+        if job.get("JobState") == "CANCELLED":
+            return "abort"
+        if job.get("JobState") == "PENDING":
+            return "requeue"                 # requeuehold from the mother superior
+        return "run"
+
+
+SITES = {"torque": TorqueSite, "openpbs": OpenPBSSite, "slurm": SlurmSite}

@@ -1,0 +1,40 @@
+"""Torque's hooks: the mom_priv scripts contrib/torque_hooks/install puts on every node.
+
+    prologue           mother superior, root: $1 job id, $2 user, $3 group, ...
+    prologue.parallel  sister nodes, root, same arguments
+    epilogue           mother superior, root: $1 job id, ..., $10 job exit status
+    epilogue.parallel  sister nodes, root
+    epilogue.precancel mother superior, as the job owner: nothing to do (no root); the
+                       epilogue that always follows tears down
+
+Prologue exit status: 0 runs the job, 1 aborts it (the user's request is at fault), 2
+requeues it (a node is at fault; batch.max_requeues bounds it, then 1). Torque only logs
+an epilogue's exit status; a teardown that cannot complete takes the node offline
+(`pbsnodes -o`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from vtorque.hooks.base import END, IGNORE, START, Hook, HookUsage, Invocation
+
+
+class TorqueHook(Hook):
+    scheduler = "torque"
+    events = {"prologue": START, "prologue.parallel": START, "epilogue": END,
+              "epilogue.parallel": END, "epilogue.precancel": IGNORE}
+
+    def unknown_event_kind(self, event: str) -> str:
+        return START if event.startswith("prologue") else END
+
+    def invocation(self, event: str, kind: str, args: list[str],
+                   environ: Mapping[str, str]) -> Invocation:
+        if not args:
+            raise HookUsage("no job id argument")
+        return Invocation(event, kind, args[0],
+                          claimed_user=args[1] if len(args) > 1 else None,
+                          mother_superior=not event.endswith(".parallel"))
+
+
+HOOK = TorqueHook()

@@ -1,0 +1,84 @@
+"""The checksum cache: a root-only file remembering the sha256 of each pool file by its
+identity (device, inode, size, mtime, ctime), so multi-GB images are hashed once."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import tempfile
+from typing import Any
+
+CACHE_FILE = "checksums.json"
+
+
+def identity(st: os.stat_result) -> list[int]:
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+class ChecksumCache:
+    """Remembered verified sha256 values, keyed by path and the file's stat identity.
+
+    Stored as one JSON file in a private directory; anything odd about the directory or the
+    file (corrupt, foreign owner, symlink) means the cache is not used, never an error.
+    """
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.path = os.path.join(directory, CACHE_FILE)
+        self.usable = self._prepare_dir()
+        self.entries: dict[str, dict[str, Any]] = self._load() if self.usable else {}
+        self.dirty = False
+
+    def _prepare_dir(self) -> bool:
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            st = os.lstat(self.directory)
+        except OSError:
+            return False
+        return (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+                and not st.st_mode & 0o022)
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as f:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                    return {}
+                data = json.loads(f.read())
+        except (OSError, ValueError):
+            return {}
+        entries = data.get("entries") if isinstance(data, dict) else None
+        return entries if isinstance(entries, dict) else {}
+
+    def lookup(self, path: str, st: os.stat_result) -> str | None:
+        entry = self.entries.get(path)
+        if (isinstance(entry, dict) and entry.get("id") == identity(st)
+                and isinstance(entry.get("sha256"), str)):
+            return entry["sha256"]
+        return None
+
+    def store(self, path: str, st: os.stat_result, sha256: str) -> None:
+        if self.usable:
+            self.entries[path] = {"id": identity(st), "sha256": sha256}
+            self.dirty = True
+
+    def save(self) -> None:
+        """Write atomically (temp file + rename); failures only lose the cache."""
+        if not self.dirty:
+            return
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".checksums.")
+        except OSError:
+            return
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"version": 1, "entries": self.entries}, f)
+            os.replace(tmp, self.path)
+            self.dirty = False
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass

@@ -1,0 +1,24 @@
+"""Text that crosses a trust boundary: values a user chose, echoed into root's log, a job's
+error file, a node note or a shared status file, are made one bounded line first, so no
+user can forge log lines or flood a file. A leaf module."""
+
+from __future__ import annotations
+
+import re
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+ELLIPSIS = "..."
+
+
+def one_line(text: object, limit: int = 200) -> str:
+    """`text` as one line: control characters become spaces, runs of white space one
+    space, at most `limit` characters (cut with '...')."""
+    line = " ".join(_CONTROL.sub(" ", str(text)).split())
+    if len(line) > limit:
+        line = line[:max(limit - len(ELLIPSIS), 0)].rstrip() + ELLIPSIS
+    return line
+
+
+def shown(value: object, limit: int = 40) -> str:
+    """A user's value for a message: one bounded line in quotes."""
+    return "'" + one_line(value, limit) + "'"
