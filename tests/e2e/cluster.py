@@ -28,17 +28,15 @@ JOB_UID = 4242
 
 @pytest.fixture(scope="session")
 def job_user():
-    """An ordinary user to own test jobs (created here if missing, removed if we made it)."""
+    """An ordinary user to own test jobs, created here if missing. It stays: test sessions
+    may run side by side (and real batch servers keep jobs of it in their history), and a
+    session that removed it would pull it from under the others."""
     try:
         pwd.getpwnam(JOB_USER)
-        created = False
     except KeyError:
         subprocess.run(["useradd", "--create-home", "--uid", str(JOB_UID), "--user-group",
                         "--shell", "/bin/sh", JOB_USER], check=True)
-        created = True
-    yield JOB_USER
-    if created:
-        subprocess.run(["userdel", "--remove", JOB_USER], check=False, capture_output=True)
+    return JOB_USER
 
 
 class Cluster:
