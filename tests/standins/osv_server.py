@@ -1,9 +1,10 @@
 """A stand-in for an OSv guest's REST API (STAND-IN CODE for tests; not OSv).
 
-No OSv image can be built or downloaded on the machines these tests run on, so this
+Unit tests cannot boot a guest for every case (a real one takes seconds under TCG), so this
 imitates, on 127.0.0.1 and an ephemeral port, what an OSv guest with the httpserver-api
-module and the vtorque launcher (docs/osv.md) answers. Everything here is written from
-OSv's published API description and source, never from observed traffic:
+module and the vtorque launcher (docs/osv.md) answers. Everything here was written from
+OSv's published API description and source, then checked against a real OSv guest
+(vtorque's image from scripts/build-osv-image, booted by scripts/osv/check-osv-image):
 
 - the Swagger 1.2 listings modules/httpserver-api/api-doc/listings/{app,os,env,file}.json
   of cloudius-systems/osv (saved verbatim in reference/samples/osv-api-*.json);
@@ -257,7 +258,9 @@ class OsvStandin:
         self.launcher_installed = launcher_installed
         self.lock = threading.Lock()
         self.dead = threading.Event()
-        self.env: dict[str, str] = {"OSV_VERSION": VERSION}
+        self.env: dict[str, str] = {"OSV_VERSION": VERSION, "OSV_CPUS": "1",
+                                    "OSV_IP": "10.0.2.15"}
+        self.hostname = "osv.local"
         self.console = bytearray()
         self.dmesg = bytearray()
         self.requests: list[tuple[str, str]] = []
@@ -402,7 +405,8 @@ class OsvStandin:
         out, err = _Chunks(directory, "stdout"), _Chunks(directory, "stderr")
         program = PROGRAMS.get(argv[0])
         if program is None:
-            err.write(f"vtorque-launch: Failed to load object: {argv[0]}\n".encode())
+            err.write(f"vtorque-launch: {argv[0]}: Failed to load object: {argv[0]}\n"
+                      .encode())
             status = 127
         else:
             status = program(self, argv, out.write, err.write)   # GuestDied: no status
@@ -426,10 +430,12 @@ class OsvStandin:
         return "0" if thread is not None and thread.is_alive() else "1"
 
     def file_get(self, path: str, op: str) -> tuple[bytes, str]:
-        if not op or not path:
-            raise HttpError(400, "missing mandatory parameters")
+        if not op:
+            raise HttpError(400, "Missing mandatory parameter 'op'")
         real = self.real_path(path)
         if op == "GET":
+            if os.path.isdir(real):
+                return b"", ""          # a real guest answers 200 with an empty body
             try:
                 with open(real, "rb") as handle:
                     return handle.read(), _mime(path)
@@ -443,14 +449,14 @@ class OsvStandin:
             status = {"accessTime": int(st.st_atime), "blockSize": 512, "group": "osv",
                       "length": st.st_size, "modificationTime": int(st.st_mtime),
                       "owner": "osv", "pathSuffix": os.path.basename(path),
-                      "permission": f"{st.st_mode & 0o777:o}", "replication": st.st_nlink,
+                      "permission": "777", "replication": 0,
                       "type": "DIRECTORY" if os.path.isdir(real) else "FILE"}
             return json.dumps(status).encode(), "application/json"
         raise HttpError(400, f"Bad op parameter {op}")
 
     def file_delete(self, path: str, op: str) -> None:
-        if not op or not path:
-            raise HttpError(400, "missing mandatory parameters")
+        if not op:
+            raise HttpError(400, "Missing mandatory parameter 'op'")
         if op != "DELETE":
             raise HttpError(400, f"Bad op parameter {op}")
         real = self.real_path(path)
@@ -541,13 +547,26 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, method: str, path: str, params: dict[str, str]) -> None:
         guest = self.standin
         if path == "/app/" and method == "PUT":
-            self._json(guest.run_app(params.get("command", "")))
+            if not params.get("command"):
+                raise HttpError(400, "Missing mandatory parameter 'command'")
+            self._json(guest.run_app(params["command"]))
         elif path == "/app/finished" and method == "GET":
             self._json(guest.finished(params.get("tid", "")))
         elif path == "/os/version" and method == "GET":
             self._json(VERSION)
         elif path == "/os/uptime" and method == "GET":
             self._json(int(time.monotonic() - guest._booted))
+        elif path == "/os/poweroff" and method == "POST":
+            # A real guest drops the connection without an answer and is gone.
+            guest.crash()
+            self.close_connection = True
+        elif path == "/os/hostname" and method == "GET":
+            with guest.lock:
+                self._json(guest.hostname)
+        elif path == "/os/hostname" and method == "POST":
+            with guest.lock:
+                guest.hostname = params.get("name", "")
+            self._json("")
         elif path == "/os/dmesg" and method == "GET":
             with guest.lock:
                 self._json(guest.dmesg.decode(errors="replace"))
@@ -564,7 +583,10 @@ class _Handler(BaseHTTPRequestHandler):
                 elif method == "POST":
                     if "=" in name:
                         raise HttpError(400, f"invalid environment variable {name}")
-                    guest.env[name] = params.get("val", "")
+                    if not params.get("val"):
+                        # OSv cannot set an empty value: an empty val counts as missing.
+                        raise HttpError(400, "Missing mandatory parameter 'val'")
+                    guest.env[name] = params["val"]
                     value = ""
                 elif method == "DELETE":
                     guest.env.pop(name, None)

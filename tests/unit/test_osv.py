@@ -135,6 +135,17 @@ def test_environment_is_set_before_the_program_runs(guest):
     assert out == value.encode() + b"\n"
 
 
+def test_empty_environment_value_unsets_the_variable(guest):
+    # OSv refuses POST /env/NAME?val= (HTTP 400): an empty value is unset instead, so a
+    # value an earlier job left in the guest's one environment does not show through.
+    guest.env["PBS_EMPTY"] = "left by an earlier job"
+    status, out, _ = run(guest, ["/env.so", "PBS_EMPTY"], env={"PBS_EMPTY": ""})
+    assert status == 0
+    assert out == b"<unset>\n"
+    assert guest.requests_for("DELETE", "/env/PBS_EMPTY")
+    assert raw(guest, "POST", "/env/X?val=")[0] == 400
+
+
 # ---------------------------------------------------------------------- refusals
 
 @pytest.mark.parametrize("word", ["a;b", ";", "x&y", "bang!", "$HOME", "new\nline",

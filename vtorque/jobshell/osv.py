@@ -201,7 +201,13 @@ def execute(address: str, command: Sequence[str] | str, *, port: int = PORT,
     # Up and answering? (Retried within the grace period: the guest may still be booting.)
     api.checked("GET", "/os/version", "reading the OS version")
     for name, value in (env or {}).items():
-        api.checked("POST", f"/env/{name}", f"setting {name}", query={"val": value})
+        if value:
+            api.checked("POST", f"/env/{name}", f"setting {name}", query={"val": value})
+        else:
+            # OSv refuses an empty value (POST /env/NAME?val= is HTTP 400 "Missing
+            # mandatory parameter 'val'"): the variable is unset instead, so that a value
+            # an earlier job left in the guest's one environment does not show through.
+            api.checked("DELETE", f"/env/{name}", f"unsetting {name}")
 
     try:
         body = api.checked("PUT", "/app/", "starting the command", form={"command": line},
