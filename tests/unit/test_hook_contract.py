@@ -43,6 +43,7 @@ class Guests:
         guest = SimpleNamespace(rank=node_index, name=f"vt-{node_index}",
                                 hostname=f"vm{node_index}", mac="52:54:00:00:00:01")
         return SimpleNamespace(guests=[guest], seconds=0.1, image_kind="kernel",
+                               image_name="testguest", image_digest="0" * 64,
                                rdma=None), []
 
 

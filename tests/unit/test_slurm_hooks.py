@@ -96,6 +96,7 @@ def fake_bring_up(monkeypatch: pytest.MonkeyPatch, error: Exception | None = Non
         guest = SimpleNamespace(rank=node_index, name=f"vt-{job_id}-{node_index}",
                                 hostname=f"vm{node_index}", mac="52:54:00:00:00:01")
         return SimpleNamespace(guests=[guest], seconds=0.1, image_kind="kernel",
+                               image_name="testguest", image_digest="0" * 64,
                                rdma=None), []
     monkeypatch.setattr(guests, "bring_up", bring_up)
     monkeypatch.setattr(guests, "write_user_files", lambda *a, **k: "/tmp/unused")

@@ -84,14 +84,21 @@ def teardown(job_id: str, config: Config, *,
     """The epilogue: clean_node, and on failure take the node offline. (ok, message)."""
     if not anything_here(job_id, config):
         return True, ""     # a job without VMs here: the common case, kept cheap
+    import time
+
+    from vtorque import events
     from vtorque.log import node_logger
     log = node_logger(config)
     name = node_name(config.node_name)
+    events.record(config, job_id, "end")
+    started = time.monotonic()
     try:
         destroyed = clean_node(job_id, config)
     except (VtorqueError, OSError) as exc:
         message = f"vtorque: teardown of job {job_id} on {name} incomplete: {exc}"
         log.error("%s", message)
+        events.record(config, job_id, "teardown", ok=False,
+                      seconds=round(time.monotonic() - started, 3), reason=str(exc))
         if offline is not None:
             try:
                 offline(name, f"job {job_id} teardown incomplete; see {config.log_file}")
@@ -103,4 +110,6 @@ def teardown(job_id: str, config: Config, *,
     if destroyed:
         log.info("job %s: %d guest(s) destroyed on %s, nothing left", job_id, len(destroyed),
                  name)
+    events.record(config, job_id, "teardown", ok=True, destroyed=len(destroyed),
+                  seconds=round(time.monotonic() - started, 3))
     return True, ""

@@ -162,6 +162,10 @@ class Hook(ABC):
         outcome, ctx = self.decide_start(inv, config, adapter)
         if outcome.fault is not None:
             self.log(config).error("%s", one_line(outcome.message, MESSAGE_MAX))
+        if ctx is None or ctx.is_vm_job:
+            from vtorque import events
+            events.record(config, inv.job_id, "decided", action=outcome.action,
+                          fault=outcome.fault, final=outcome.final or None)
         return self.act(outcome, inv, config, adapter, ctx)
 
     def read_and_check(self, inv: Invocation, config, adapter) -> tuple[Outcome | None,

@@ -9,13 +9,13 @@ and applies the requeue limit.
 
 from __future__ import annotations
 
-from vtorque import node
+from vtorque import events, node
 from vtorque.batch.base import JobContext
 from vtorque.cluster import handoff
 from vtorque.config import Config
 from vtorque.errors import NodeError, UserError, VtorqueError
 from vtorque.log import node_logger
-from vtorque.outcome import Outcome
+from vtorque.outcome import THIS_NODE, USER, Outcome
 
 
 def provision(ctx: JobContext, config: Config, *, mother_superior: bool) -> Outcome:
@@ -30,16 +30,19 @@ def provision(ctx: JobContext, config: Config, *, mother_superior: bool) -> Outc
         return Outcome.node_fault(f"vtorque: job {ctx.job_id}: {exc}", name)
     name = ctx.nodes[index]
     log.info("job %s: provisioning on %s (run %d)", ctx.job_id, name, ctx.run_count)
+    events.record(config, ctx.job_id, "start", run=ctx.run_count)
     try:
         result, job_guests = _bring_up(ctx, config, index)
     except UserError as exc:
         log.error("job %s: request refused on %s: %s", ctx.job_id, name, exc)
+        events.record(config, ctx.job_id, "failed", fault=USER, reason=str(exc))
         _publish_failure(config, ctx, name, str(exc), user_fault=True)
         return Outcome.user_error(f"vtorque: job {ctx.job_id} refused: {exc}")
     except (VtorqueError, OSError) as exc:
         if isinstance(exc, OSError):     # a file system the job needs refused a write
             exc = NodeError(f"{exc.filename or 'the job state'}: {exc.strerror or exc}")
         log.error("job %s: provisioning failed on %s: %s", ctx.job_id, name, exc)
+        events.record(config, ctx.job_id, "failed", fault=THIS_NODE, reason=str(exc))
         _publish_failure(config, ctx, name, str(exc), user_fault=False)
         return Outcome.node_fault(f"vtorque: node {name} failed to start the job's guests: "
                                   f"{exc}", name)
@@ -49,6 +52,8 @@ def provision(ctx: JobContext, config: Config, *, mother_superior: bool) -> Outc
         name, handoff.READY, guests=guests, run=ctx.run_count, rdma=result.rdma))
     log.info("job %s: %d guest(s) ready on %s in %.1f s", ctx.job_id, len(guests), name,
              result.seconds)
+    events.record(config, ctx.job_id, "ready", seconds=round(result.seconds, 3),
+                  guests=len(guests), image=result.image_name, digest=result.image_digest)
     if not mother_superior:
         return Outcome.run()
     return _assemble(ctx, config, name, job_guests, result.image_kind)

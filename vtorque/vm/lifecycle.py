@@ -60,6 +60,8 @@ class UpResult:
     seconds: float = 0.0
     image_kind: str = "linux"
     rdma: str | None = None          # the RDMA transport the guests got here
+    image_name: str | None = None
+    image_digest: str | None = None  # sha256 of the image's disk (or kernel)
 
 
 def paths_for(job_id: str, config: Config) -> JobPaths:
@@ -217,7 +219,7 @@ def _provision(paths: JobPaths, specs: list[GuestSpec], host: Host, config: Conf
                     s.nic.mac if s.nic else None, round(ready[s.name], 3),
                     s.nic.address if s.nic else None) for s in specs]
     return UpResult(paths.job_id, guests, time.monotonic() - started, specs[0].kind,
-                    specs[0].rdma)
+                    specs[0].rdma, specs[0].image_name, specs[0].image_digest)
 
 
 def down(job_id: str, config: Config) -> list[str]:

@@ -83,6 +83,7 @@ class GuestSpec:
     qemu_uid: int
     qemu_gid: int
     image_name: str
+    image_digest: str | None
     distro: str
     host_share: bool = False         # 9p share of the node's root, read-only, tag hostroot
     # OSv prints no ready line of ours: it is ready when its REST API answers here.
@@ -230,11 +231,18 @@ def build_guest_specs(*, paths: JobPaths, request: VmRequest, image: Image, conf
             seed=seed, nic=nic,
             console_log=os.path.join(paths.job_dir, f"{name}.console.log"),
             ready_token=tokens[index], qemu_uid=qemu_uid, qemu_gid=qemu_gid,
-            image_name=image.name, distro=image.distro, host_share=image.host_share,
+            image_name=image.name, image_digest=_digest(image), distro=image.distro,
+            host_share=image.host_share,
             ready_url=(f"http://{nic.address}:{OSV_API_PORT}/os/version"
                        if image.kind == "osv" and nic and nic.address else None),
             rdma=rdma, hostdevs=hostdevs, rng=kind.rng))
     return specs
+
+
+def _digest(image: Image) -> str | None:
+    """What identifies the image's content: its disk's sha256, else its kernel's."""
+    main = image.disk or image.kernel
+    return main.sha256 if main else None
 
 
 def _kernel_cmdline(image: Image, host: str, token: str, nic: NicSpec | None,
