@@ -36,7 +36,7 @@ apply=no
 uninstall=no
 node=no
 job_shell=/usr/local/libexec/vtorque/job-shell
-events="execjob_prologue,execjob_launch,execjob_end,execjob_abort"
+events="execjob_begin,execjob_prologue,execjob_launch,execjob_end,execjob_abort"
 
 die() { echo "install.sh: $*" >&2; exit 2; }
 need() { [ $# -ge 2 ] || die "option $1 needs a value"; }
@@ -48,7 +48,7 @@ while [ $# -gt 0 ]; do
         --hook-name) need "$@"; name=$2; shift 2 ;;
         --output) need "$@"; output=$2; shift 2 ;;
         --qmgr) need "$@"; qmgr=$2; shift 2 ;;
-        --no-abort-event) events="execjob_prologue,execjob_launch,execjob_end"; shift ;;
+        --no-abort-event) events="execjob_begin,execjob_prologue,execjob_launch,execjob_end"; shift ;;
         --apply) apply=yes; shift ;;
         --uninstall) uninstall=yes; shift ;;
         --node) node=yes; shift ;;

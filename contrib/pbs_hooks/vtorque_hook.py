@@ -49,7 +49,8 @@ HOOK_ALARM = 540
 # rejecting): the subprocess always ends before PBS's alarm would fire.
 MARGIN = max(1, min(30, HOOK_ALARM // 5))
 TIMEOUTS = {
-    "prologue": HOOK_ALARM - MARGIN,                    # provisioning + waiting for all
+    "begin": HOOK_ALARM - MARGIN,                       # this node's provisioning
+    "prologue": HOOK_ALARM - MARGIN,                    # waiting for every node
     "launch": min(60, HOOK_ALARM - MARGIN),             # qstat + a few checks
     "end": min(180, HOOK_ALARM - MARGIN),               # teardown (timeouts.teardown 60)
     "abort": min(180, HOOK_ALARM - MARGIN),
@@ -57,8 +58,12 @@ TIMEOUTS = {
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 VM_VARIABLE = "VTORQUE_VM"
 OUTPUT_MAX = 65536
+# vtorque's exit status carries this bit when this node is at fault and must go offline
+# (through the event's vnode list: no server privileges needed).
+OFFLINE = 8
 MESSAGE_MAX = 400
-EVENTS = (("EXECJOB_PROLOGUE", "prologue"), ("EXECJOB_LAUNCH", "launch"),
+EVENTS = (("EXECJOB_BEGIN", "begin"), ("EXECJOB_PROLOGUE", "prologue"),
+          ("EXECJOB_LAUNCH", "launch"),
           ("EXECJOB_EPILOGUE", "epilogue"), ("EXECJOB_END", "end"),
           ("EXECJOB_ABORT", "abort"))            # execjob_abort: PBS Pro 19.1 and later
 
@@ -284,10 +289,34 @@ def _job_script(job_id):
     return path if os.path.isfile(path) else None
 
 
-def _prologue(event, job, job_id, user, role):
+def _take_offline_bit(event, status, message):
+    """vtorque says "this node is at fault" with OFFLINE added to 0, 1 or 2: take this
+    MoM's vnodes offline and return the rest. Any other status is returned as it is."""
+    if status in (OFFLINE, OFFLINE + 1, OFFLINE + 2):
+        _offline_here(event, message)
+        return status - OFFLINE
+    return status
+
+
+def _begin(event, job, job_id, user, role):
+    """Every MoM at once: vtorque starts this node's guests and reports how it went; a
+    node at fault goes offline. The job's fate is decided in the primary's prologue."""
     if not _maybe_vm_job(job):
         return _accept(event)
+    status, _, message, timed_out = _vtorque("begin", job_id, user, role)
+    status = _take_offline_bit(event, status, message)
+    if status == 0:
+        return _accept(event)
+    if status is None and not timed_out:
+        _offline_here(event, message)   # vtorque cannot even start: no VM jobs here
+    return _rerun_and_reject(event, job_id, message)
+
+
+def _prologue(event, job, job_id, user, role):
+    if role != "ms" or not _maybe_vm_job(job):
+        return _accept(event)           # sisters: their guests came up in execjob_begin
     status, _, message, timed_out = _vtorque("prologue", job_id, user, role)
+    status = _take_offline_bit(event, status, message)
     if status == 0:
         return _accept(event)
     if status == 1:
@@ -357,6 +386,8 @@ def _dispatch(event, kind):
             return _rerun_and_reject(event, job_id, "vtorque: job %s has an unusable "
                                      "owner %r" % (job_id, user))
     try:
+        if kind == "begin":
+            return _begin(event, job, job_id, user, role)
         if kind == "prologue":
             return _prologue(event, job, job_id, user, role)
         if kind == "launch":

@@ -8,6 +8,7 @@ What a hook did is read back in the scheduler's own terms and told in neutral on
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,10 @@ NODES = ("n1", "n2")
 class Site:
     scheduler = ""
     query = ""                  # the stand-in program the hook reads the job with
+    # What a sister's own failure makes of its start: Torque's and OpenPBS's sisters only
+    # report (the mother superior decides), Slurm's fails its own Prolog.
+    sister_fault = "run"
+    start_queries = {"n1": 1, "n2": 1}      # how often a start reads the job
 
     def __init__(self, tmp: Path, config_data: dict[str, Any]):
         self.tmp = tmp
@@ -32,7 +37,9 @@ class Site:
         self.data = dict(config_data, node_name="n1", log_file=str(tmp / "log" / "vt.log"),
                          batch={"system": self.scheduler, "bin_dir": str(self.bin_dir),
                                 "shared_state_dir": str(tmp / "shared"),
-                                "job_shell": str(self.job_shell), "max_requeues": 3})
+                                "job_shell": str(self.job_shell), "max_requeues": 3},
+                         # A silent node fails the start after this long.
+                         timeouts={"provision": 3}, hypervisor="qemu")
         secret = tmp / "secret"
         secret.write_bytes(bytes(range(32)))
         secret.chmod(0o600)
@@ -123,6 +130,10 @@ class OpenPBSSite(Site):
     scheduler = "openpbs"
     query = "qstat"
 
+    def __init__(self, tmp: Path, config_data: dict[str, Any]):
+        super().__init__(tmp, config_data)
+        self.offlined: set[str] = set()
+
     def record(self, vm, user, runs, nodes):
         variables = {"PBS_O_WORKDIR": f"/home/{user}/run"}
         if vm is not None:
@@ -133,10 +144,38 @@ class OpenPBSSite(Site):
                 "Resource_List": {"ncpus": 2 * len(nodes), "nodect": len(nodes)},
                 "Variable_List": variables}
 
+    start_queries = {"n1": 2, "n2": 1}      # execjob_begin, then the primary's prologue
+
     def start(self, node="n1", user="alice", job_id=None):
+        """execjob_begin on the node (every node provisions), then on the primary MoM its
+        execjob_prologue (which decides) and on a sister its prologue (nothing)."""
+        import contextlib
+        import io
         role = "ms" if node == "n1" else "sister"
-        return hooks.main("openpbs", "prologue", [job_id or self.job_id, user, role, node],
-                          str(self.config))
+        args = [job_id or self.job_id, user, role, node]
+        if role == "sister":
+            return self._status(node, hooks.main("openpbs", "begin", args, str(self.config)))
+        # The primary's begin only reports; what people read is its prologue's line. A
+        # begin that fails (an internal error) is rejected by the hook: it ends the start.
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            begin = self._status(node, hooks.main("openpbs", "begin", args,
+                                                  str(self.config)))
+        if begin != 0:
+            sys.stderr.write(err.getvalue())
+            return begin
+        return self._status(node, hooks.main("openpbs", "prologue", args, str(self.config)))
+
+    def _status(self, node: str, status: int) -> int:
+        """What the hook script does with vtorque's status: the OFFLINE bit takes this
+        MoM's vnodes offline (through the event), the rest is accept/reject."""
+        from vtorque.hooks.openpbs import OFFLINE
+        if status & OFFLINE:
+            self.offlined.add(node)
+        return status & ~OFFLINE
+
+    def offline(self) -> list[str]:
+        return sorted(set(super().offline()) | self.offlined)
 
     def end(self, node="n1", job_id=None):
         role = "ms" if node == "n1" else "sister"
@@ -147,6 +186,7 @@ class OpenPBSSite(Site):
 class SlurmSite(Site):
     scheduler = "slurm"
     query = "scontrol"
+    sister_fault = "requeue"
 
     def record(self, vm, user, runs, nodes):
         job = {"JobName": "vmjob", "UserId": f"{user}(1001)", "GroupId": "hpc(100)",

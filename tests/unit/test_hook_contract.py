@@ -76,7 +76,7 @@ def test_a_job_without_vms_runs_after_one_query(site: Site, no_libvirt: None, no
                                                 capsys: pytest.CaptureFixture) -> None:
     site.set_job(vm=None)
     assert site.verdict(site.start(node)) == "run"
-    assert site.programs() == [site.query]
+    assert site.programs() == [site.query] * site.start_queries[node]
     assert capsys.readouterr().err == ""
     assert not os.path.exists(site.tmp / "shared")
     assert not os.path.exists(site.tmp / "state")
@@ -151,6 +151,7 @@ def test_node_faults_requeue_until_max_requeues(site: Site, guests: Guests, runs
         assert "batch.max_requeues=3" in err
     status = handoff.read(config(site), site.job_id, "n1")
     assert status.state == handoff.FAILED and not status.user_fault
+    assert site.offline() == ["n1"]                    # its own fault: out of service
 
 
 def test_the_mother_superior_starts_the_job_when_every_node_is_ready(
@@ -175,6 +176,32 @@ def test_another_nodes_user_error_aborts(site: Site, guests: Guests) -> None:
     publish(site, "n2", ok=False, reason="image 'x' is not authorized", user_fault=True)
     assert site.verdict(site.start("n1")) == "abort"
     assert site.offline() == []
+
+
+def test_a_sisters_own_fault_takes_it_offline(site: Site, guests: Guests,
+                                              capsys: pytest.CaptureFixture) -> None:
+    """A sister at fault reports it and leaves the service; whether it also fails its own
+    start is the scheduler's rule (Torque and OpenPBS: never, the mother superior
+    decides; Slurm: its Prolog fails, and Slurm requeues the job held)."""
+    guests.error = HypervisorError("cannot connect to libvirt")
+    site.set_job()
+    assert site.verdict(site.start("n2")) == site.sister_fault
+    assert site.offline() == ["n2"]
+    status = handoff.read(config(site), site.job_id, "n2")
+    assert status.state == handoff.FAILED and not status.user_fault
+    assert "cannot connect to libvirt" in capsys.readouterr().err
+
+
+def test_a_sisters_user_error_is_left_to_the_mother_superior(site: Site, guests: Guests
+                                                             ) -> None:
+    guests.error = ImageError("image 'deb12': not in the catalog")
+    site.set_job(vm="img=deb12")
+    verdict = site.verdict(site.start("n2"))
+    assert verdict == ("abort" if site.scheduler == "slurm" else "run")
+    assert site.offline() == []
+    assert handoff.read(config(site), site.job_id, "n2").user_fault
+    guests.error = None
+    assert site.verdict(site.start("n1")) == "abort"          # the job is refused once
 
 
 def test_a_sister_starts_its_own_guests_only(site: Site, guests: Guests) -> None:
@@ -232,25 +259,17 @@ def test_an_internal_error_fails_the_hook_with_its_traceback(site: Site, guests:
 
 
 def test_a_full_state_file_system_is_a_node_fault_told_to_the_others(
-        site: Site, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    """The lock, job directory or journal cannot be made: one line, the node's fault, and a
-    failed status so the mother superior does not wait out its timeout."""
-    from vtorque.vm import lifecycle
-    real_mkdir = os.mkdir
-
-    def full(path, *args, **kwargs):
-        if str(path).startswith(str(site.tmp / "state")):
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real_mkdir(path, *args, **kwargs)
-    from vtorque.prologue import guests
-    monkeypatch.setattr(os, "mkdir", full)
-    monkeypatch.setattr(lifecycle, "check", lambda job, req, cfg, catalog=None:
-                        lifecycle.Plan(job, req, None))
-    monkeypatch.setattr(guests, "owner_account", lambda user: {"user": user})
+        site: Site, guests: Guests, capsys: pytest.CaptureFixture) -> None:
+    """Writing the job's state fails (disk full): one line, the node's fault, and a failed
+    status so the mother superior does not wait out its timeout. (vm/lifecycle turns its
+    own OSErrors into one line too: tests/unit/test_defects.py.)"""
+    guests.error = OSError(errno.ENOSPC, "No space left on device",
+                           str(site.tmp / "state" / ".locks"))
     site.set_job()
-    assert site.verdict(site.start("n2")) == "requeue"
+    assert site.verdict(site.start("n2")) == site.sister_fault
     err = one_line(capsys.readouterr().err)
     assert "No space left on device" in err and "Traceback" not in err
+    assert site.offline() == ["n2"]
     status = handoff.read(config(site), site.job_id, "n2")
     assert status.state == handoff.FAILED and not status.user_fault
 

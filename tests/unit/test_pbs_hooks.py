@@ -193,18 +193,43 @@ def test_hook_never_uses_a_shell() -> None:
         assert banned not in text
 
 
-@pytest.mark.parametrize("ms, role", [(True, "ms"), (False, "sister")])
-def test_prologue_accepts_on_0_with_the_documented_argv_and_a_clean_env(
-        pbs, fake: Fake, ms: bool, role: str) -> None:
-    event = make_event(pbs, "prologue", ms=ms)
+@pytest.mark.parametrize("kind, ms, role", [("prologue", True, "ms"), ("begin", True, "ms"),
+                                            ("begin", False, "sister")])
+def test_start_events_accept_on_0_with_the_documented_argv_and_a_clean_env(
+        pbs, fake: Fake, kind: str, ms: bool, role: str) -> None:
+    event = make_event(pbs, kind, ms=ms)
     run_hook(pbs, render(str(fake.path)), event)
     assert event.accepted is True
     [call] = fake.calls()
-    assert call["argv"] == hook_argv(fake, "prologue", role=role)
+    assert call["argv"] == hook_argv(fake, kind, role=role)
     assert call["cwd"] == "/"
     env = {k: v for k, v in call["env"].items() if k != "LC_CTYPE"}
     assert env == {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
     assert not event.job.delete_requested and not event.job.rerun_requested
+
+
+def test_a_sisters_prologue_needs_no_vtorque(pbs, fake: Fake) -> None:
+    """Its guests came up in execjob_begin; the primary's prologue decides."""
+    event = make_event(pbs, "prologue", ms=False)
+    run_hook(pbs, render(str(fake.path)), event)
+    assert event.accepted is True and fake.calls() == []
+
+
+@pytest.mark.parametrize("kind", ["begin", "prologue"])
+def test_this_nodes_fault_takes_its_vnodes_offline(pbs, fake: Fake, kind: str) -> None:
+    """vtorque's status plus OFFLINE (8): the event offlines this MoM's vnodes (no server
+    privileges needed); begin still accepts (it only reports), the prologue requeues."""
+    from vtorque.hooks.openpbs import OFFLINE
+    fake.set(exit=OFFLINE + (2 if kind == "prologue" else 0),
+             stderr="vtorque: node node1 failed to start the job's guests: disk full\n")
+    event = make_event(pbs, kind)
+    run_hook(pbs, render(str(fake.path)), event)
+    assert event.vnode_list["node1"].state == pbs.ND_OFFLINE
+    assert "disk full" in event.vnode_list["node1"].comment
+    if kind == "begin":
+        assert event.accepted is True and not event.job.rerun_requested
+    else:
+        assert event.accepted is False and event.job.rerun_requested
 
 
 def test_prologue_user_error_deletes_the_job_instead_of_rerunning(pbs, fake: Fake) -> None:
@@ -398,7 +423,7 @@ def test_end_without_vtorque_only_logs(pbs, tmp_path: Path) -> None:
 
 
 def test_other_events_are_accepted_untouched(pbs, fake: Fake) -> None:
-    event = make_event(pbs, "begin")
+    event = make_event(pbs, "epilogue")
     run_hook(pbs, render(str(fake.path)), event)
     assert event.accepted is True and fake.calls() == []
 
@@ -544,8 +569,8 @@ def test_install_prints_the_qmgr_commands_and_renders(tmp_path: Path, pbs, fake:
     q = "/opt/pbs/bin/qmgr -c"
     assert done.stdout.splitlines() == [
         f"{q} 'create hook vtorque'",
-        f"{q} 'set hook vtorque event = \"execjob_prologue,execjob_launch,execjob_end,"
-        "execjob_abort\"'",
+        f"{q} 'set hook vtorque event = \"execjob_begin,execjob_prologue,execjob_launch,"
+        "execjob_end,execjob_abort\"'",
         f"{q} 'set hook vtorque user = pbsadmin'",
         f"{q} 'set hook vtorque alarm = 300'",
         f"{q} 'set hook vtorque fail_action = offline_vnodes'",
@@ -577,7 +602,7 @@ esac
     first = log.read_text().splitlines()
     assert first == [
         "list hook vt1", "create hook vt1",
-        'set hook vt1 event = "execjob_prologue,execjob_launch,execjob_end"',
+        'set hook vt1 event = "execjob_begin,execjob_prologue,execjob_launch,execjob_end"',
         "set hook vt1 user = pbsadmin", "set hook vt1 alarm = 540",
         "set hook vt1 fail_action = offline_vnodes",
         f"import hook vt1 application/x-python default {tmp_path / 'h.py'}",
@@ -725,7 +750,7 @@ def test_main_epilogue_is_a_no_op(site: Site) -> None:
     ("end", [JOB, "alice"], 1),
     ("prologue", ["-x", "alice", "ms"], 2),
     ("end", ["../x", "alice", "ms"], 1),
-    ("begin", [JOB, "alice", "ms"], 2),
+    ("queuejob", [JOB, "alice", "ms"], 2),
 ])
 def test_main_bad_arguments(site: Site, event: str, args: list[str], status: int) -> None:
     assert site.main(event, *args) == status

@@ -153,7 +153,7 @@ def test_non_vm_job_runs_without_touching_anything(config: Any,
     monkeypatch.setattr(handoff, "collect", boom)
     for vm in (None, ""):
         for ms in (True, False):
-            assert provision.provision(context(vm=vm), config,
+            assert provision.start(context(vm=vm), config,
                                        mother_superior=ms) == Outcome.run()
     assert not os.path.exists(config.batch.shared_state_dir)
     assert not os.path.exists(config.state_dir)
@@ -164,7 +164,7 @@ def test_non_vm_job_runs_without_touching_anything(config: Any,
 def test_user_error_aborts_and_publishes_a_user_fault(config: Any, fake: Recorder,
                                                       error: Exception) -> None:
     fake.error = error
-    outcome = provision.provision(context(), config, mother_superior=True)
+    outcome = provision.start(context(), config, mother_superior=True)
     assert outcome.action == ABORT and outcome.fault == USER
     assert outcome.message == f"vtorque: job {JOB} refused: {error}"
     status = handoff.read(config, JOB, "n1")
@@ -174,7 +174,7 @@ def test_user_error_aborts_and_publishes_a_user_fault(config: Any, fake: Recorde
 
 
 def test_invalid_request_is_refused_before_bring_up(config: Any, fake: Recorder) -> None:
-    outcome = provision.provision(context(vm="vcpus=0"), config, mother_superior=False)
+    outcome = provision.start(context(vm="vcpus=0"), config, mother_superior=False)
     assert outcome.action == ABORT and "vcpus" in outcome.message
     assert fake.up_calls == []
     assert handoff.read(config, JOB, "n1").user_fault
@@ -183,7 +183,7 @@ def test_invalid_request_is_refused_before_bring_up(config: Any, fake: Recorder)
 @pytest.mark.parametrize("run_count", [1, 3])
 def test_node_error_is_this_nodes_fault(config: Any, fake: Recorder, run_count: int) -> None:
     fake.error = HypervisorError("cannot connect to libvirt")
-    outcome = provision.provision(context(run_count=run_count), config, mother_superior=True)
+    outcome = provision.start(context(run_count=run_count), config, mother_superior=True)
     assert (outcome.action, outcome.fault, outcome.nodes) == (REQUEUE, THIS_NODE, ("n1",))
     assert "node n1 failed to start the job's guests: cannot connect to libvirt" \
         in outcome.message
@@ -193,14 +193,14 @@ def test_node_error_is_this_nodes_fault(config: Any, fake: Recorder, run_count: 
 
 
 def test_this_node_not_in_the_job_requeues(config: Any, fake: Recorder) -> None:
-    outcome = provision.provision(context(nodes=("n7", "n8")), config, mother_superior=False)
+    outcome = provision.start(context(nodes=("n7", "n8")), config, mother_superior=False)
     assert outcome.action == REQUEUE and "not among the job's nodes" in outcome.message
     assert outcome.fault == THIS_NODE
     assert fake.up_calls == []
 
 
 def test_sister_success_runs_and_publishes_ready(sister_config: Any, fake: Recorder) -> None:
-    outcome = provision.provision(context(nodes=("n1.c", "n2.c"), vm="vcpus=2;vms_per_node=2"),
+    outcome = provision.start(context(nodes=("n1.c", "n2.c"), vm="vcpus=2;vms_per_node=2"),
                                   sister_config, mother_superior=False)
     assert outcome == Outcome.run()
     assert fake.up_calls[0]["index"] == 1 and fake.up_calls[0]["count"] == 2
@@ -212,14 +212,14 @@ def test_sister_success_runs_and_publishes_ready(sister_config: Any, fake: Recor
     assert status.state == handoff.READY
     assert [g["rank"] for g in status.guests] == [2, 3]
     assert status.guests[0] == {"rank": 2, "name": "vtorque-x-2", "hostname": "vt31-2",
-                                "mac": "52:54:00:00:00:02"}
+                                "mac": "52:54:00:00:00:02", "kind": "linux"}
     assert fake.user_files == [] and fake.cleaned == []
 
 
 def test_mother_superior_waits_for_all_then_writes_the_user_files(config: Any,
                                                                   fake: Recorder) -> None:
     handoff.publish(config, JOB, handoff.NodeStatus("n2", handoff.READY, run=1))
-    outcome = provision.provision(context(), config, mother_superior=True)
+    outcome = provision.start(context(), config, mother_superior=True)
     assert outcome == Outcome.run()
     assert fake.user_files == [(JOB, "alice", 2)]
     assert fake.cleaned == []
@@ -230,7 +230,7 @@ def test_mother_superior_rolls_back_when_a_sister_fails(config: Any, fake: Recor
                                                         run_count: int) -> None:
     handoff.publish(config, JOB, handoff.NodeStatus("n2", handoff.FAILED, "disk full on n2",
                                                     run=run_count))
-    outcome = provision.provision(context(run_count=run_count), config, mother_superior=True)
+    outcome = provision.start(context(run_count=run_count), config, mother_superior=True)
     assert (outcome.action, outcome.fault, outcome.nodes) == (REQUEUE, OTHER_NODES, ("n2",))
     assert "n2: disk full on n2" in outcome.message
     assert [job for job, _ in fake.cleaned] == [JOB]
@@ -242,7 +242,7 @@ def test_mother_superior_aborts_when_a_sister_refused_the_request(config: Any,
     handoff.publish(config, JOB, handoff.NodeStatus("n2", handoff.FAILED,
                                                     "image 'x' is not authorized",
                                                     user_fault=True, run=1))
-    outcome = provision.provision(context(run_count=1), config, mother_superior=True)
+    outcome = provision.start(context(run_count=1), config, mother_superior=True)
     assert outcome.action == ABORT
     assert outcome.message == f"vtorque: job {JOB} refused: n2: image 'x' is not authorized"
     assert [job for job, _ in fake.cleaned] == [JOB]
@@ -250,7 +250,7 @@ def test_mother_superior_aborts_when_a_sister_refused_the_request(config: Any,
 
 def test_mother_superior_requeues_when_a_sister_stays_silent(config: Any,
                                                              fake: Recorder) -> None:
-    outcome = provision.provision(context(), config, mother_superior=True)
+    outcome = provision.start(context(), config, mother_superior=True)
     assert (outcome.action, outcome.fault, outcome.nodes) == (REQUEUE, OTHER_NODES, ("n2",))
     assert "n2: node n2 did not report its guests within 0.3 s" in outcome.message
     assert [job for job, _ in fake.cleaned] == [JOB]
@@ -262,7 +262,7 @@ def test_failing_user_files_roll_back(config: Any, fake: Recorder,
         raise KeyError("getpwnam(): name not found: 'alice'")
     monkeypatch.setattr(guests, "write_user_files", no_user)
     handoff.publish(config, JOB, handoff.NodeStatus("n2", handoff.READY, run=1))
-    outcome = provision.provision(context(), config, mother_superior=True)
+    outcome = provision.start(context(), config, mother_superior=True)
     assert (outcome.action, outcome.fault, outcome.nodes) == (REQUEUE, THIS_NODE, ("n1",))
     assert "n1: cannot write the job's files" in outcome.message
     assert [job for job, _ in fake.cleaned] == [JOB]
@@ -275,8 +275,33 @@ def test_failing_rollback_still_reports_the_first_failure(config: Any, fake: Rec
         raise NodeError("libvirtd gone")
     monkeypatch.setattr(lifecycle, "down", broken)
     handoff.publish(config, JOB, handoff.NodeStatus("n2", handoff.FAILED, "no kvm", run=1))
-    outcome = provision.provision(context(), config, mother_superior=True)
+    outcome = provision.start(context(), config, mother_superior=True)
     assert outcome.action == REQUEUE and "n2: no kvm" in outcome.message
+
+
+def test_the_two_steps_can_run_in_two_events(config: Any, fake: Recorder,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenPBS: every node provisions in execjob_begin (never deciding), the mother
+    superior assembles in execjob_prologue without starting its guests again."""
+    handoff.publish(config, JOB, handoff.NodeStatus("n2", handoff.READY, run=1))
+    assert provision.start(context(), config, mother_superior=True,
+                           assemble=False) == Outcome.run()
+    assert len(fake.up_calls) == 1 and fake.user_files == []
+    entries = [GuestEntry(r, f"vt31-{r}", None, 1) for r in range(2)]
+    monkeypatch.setattr(provision, "_job_entries", lambda ctx, cfg: entries)
+    assert provision.start(context(), config, mother_superior=True,
+                           provision_here=False) == Outcome.run()
+    assert len(fake.up_calls) == 1 and fake.user_files == [(JOB, "alice", 2)]
+
+
+def test_the_mother_superiors_own_failure_seen_when_assembling_is_its_fault(
+        config: Any, fake: Recorder) -> None:
+    fake.error = HypervisorError("no kvm")
+    provision.start(context(), config, mother_superior=True, assemble=False)
+    handoff.publish(config, JOB, handoff.NodeStatus("n2", handoff.READY, run=1))
+    outcome = provision.start(context(), config, mother_superior=True, provision_here=False)
+    assert (outcome.action, outcome.fault, outcome.nodes) == (REQUEUE, THIS_NODE, ("n1",))
+    assert fake.cleaned == []                   # n1 rolled back when it failed
 
 
 def test_mother_superior_refuses_a_job_whose_nodes_mix_rdma_transports(
@@ -291,7 +316,7 @@ def test_mother_superior_refuses_a_job_whose_nodes_mix_rdma_transports(
     monkeypatch.setattr(guests, "bring_up", with_sriov)
     handoff.publish(config, JOB, handoff.NodeStatus("n2", handoff.READY, run=1,
                                                     rdma="soft-roce"))
-    outcome = provision.provision(context(vm="vrdma=yes"), config, mother_superior=True)
+    outcome = provision.start(context(vm="vrdma=yes"), config, mother_superior=True)
     assert outcome.action == ABORT
     assert "different RDMA transports (n1 sriov, n2 soft-roce)" in outcome.message
     assert [job for job, _ in fake.cleaned] == [JOB]

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from vtorque import config as config_mod
 from vtorque import jobid
 from vtorque.errors import NodeError, RecordError, VtorqueError
-from vtorque.outcome import ABORT, REQUEUE, RUN, Outcome
+from vtorque.outcome import ABORT, REQUEUE, RUN, THIS_NODE, Outcome
 from vtorque.text import one_line
 
 # What an event of the batch system means to vtorque.
@@ -56,6 +56,13 @@ class Invocation:
     claimed_user: str | None = None  # the owner the batch system names here
     mother_superior: bool | None = None   # None: from the job's node list
     node_name: str | None = None     # this node's name as the batch system passes it
+    provision_here: bool = True      # start this node's guests in this event
+    assemble: bool = True            # the mother superior waits for all in this event
+    # False: this event only reports how this node did (ready or failed, and a node fault
+    # takes the node offline); it never fails the job itself. The batch system's rules
+    # make a failing sister (or an early event) worse than useless: Torque retries a
+    # failing prologue.parallel forever and marks the node down, OpenPBS reruns the job.
+    decides: bool = True
 
 
 class Hook(ABC):
@@ -87,9 +94,29 @@ class Hook(ABC):
         return registry.get(self.scheduler, config.batch.bin_dir)
 
     def act(self, outcome: Outcome, inv: Invocation, config, adapter, ctx) -> int:
-        """What the outcome of a start does; by default only the exit status."""
+        """What the outcome of a start does: this node's own fault takes it out of
+        service (with the reason as the note), then the exit status; an event that only
+        reports accepts."""
         say(outcome.message)
+        if outcome.fault == THIS_NODE:
+            self.offline_here(outcome, config, adapter)
+        if not inv.decides:
+            return 0
         return self.exit_codes[outcome.action]
+
+    def offline_here(self, outcome: Outcome, config, adapter) -> bool:
+        """Take this node out of service for its own fault; best effort, logged."""
+        from vtorque.node import node_name
+        node = outcome.nodes[0] if outcome.nodes else node_name(config.node_name)
+        try:
+            adapter.offline_node(node, outcome.message)
+            self.log(config).error("node %s taken offline: %s", node,
+                                   one_line(outcome.message, MESSAGE_MAX))
+            return True
+        except VtorqueError as exc:
+            self.log(config).error("could not take node %s offline: %s", node, exc)
+            say(f"vtorque: taking node {node} offline failed: {exc}")
+            return False
 
     def launch(self, inv: Invocation, config, adapter) -> int:
         raise HookUsage(f"{self.scheduler} has no launch event")
@@ -200,8 +227,10 @@ class Hook(ABC):
             mother_superior = inv.mother_superior
             if mother_superior is None:
                 mother_superior = ctx.node_index(name) == 0
-            from vtorque.prologue.provision import provision
-            outcome = provision(ctx, config, mother_superior=mother_superior)
+            from vtorque.prologue import provision
+            outcome = provision.start(ctx, config, mother_superior=mother_superior,
+                                      provision_here=inv.provision_here,
+                                      assemble=inv.assemble)
         except (VtorqueError, OSError) as exc:   # e.g. the shared state dir is unwritable
             outcome = Outcome.node_fault(f"vtorque: node {name} failed to start the guests "
                                          f"of job {inv.job_id}: {exc}", name)

@@ -1,11 +1,16 @@
-"""OpenPBS / PBS Professional hooks: `vtorque hook openpbs EVENT JOBID USER ms|sister
-[NODE]`, called by contrib/pbs_hooks/vtorque_hook.py, which pbs_mom runs as root. It
-passes the event's job id, the job's owner, whether this MoM is the job's primary and
-this MoM's node name (pbs.get_local_nodename(): several MoMs may share a host); the job
-itself is always read back from the server (`qstat -f -F json -x`) and re-validated.
+"""OpenPBS / PBS Professional hooks: `python -m vtorque.hooks openpbs EVENT JOBID USER
+ms|sister [NODE]`, called by contrib/pbs_hooks/vtorque_hook.py, which pbs_mom runs as
+root. It passes the event's job id, the job's owner, whether this MoM is the job's primary
+and this MoM's node name (pbs.get_local_nodename(): several MoMs may share a host); the
+job itself is always read back from the server (`qstat -f -F json -x`) and re-validated.
 
-    prologue  execjob_prologue, every MoM of the job before the job starts: bring up this
-              node's guests; the primary MoM waits for every node.
+    begin     execjob_begin, every MoM of the job at once: bring up this node's guests and
+              report (ready or failed) through the hand-off; never rejects (a node at
+              fault takes itself offline). The real server starts a sister's
+              execjob_prologue only once the primary's has accepted, so waiting for the
+              sisters cannot happen in the prologue.
+    prologue  execjob_prologue, the primary MoM: wait for every node, then accept or
+              reject; sisters: nothing.
     launch    execjob_launch, the primary MoM, the job's first task: for a VM job print
               the job shell (config batch.job_shell) on stdout, one line; the hook makes
               it the job's program. No output: not a VM job, the job runs as usual.
@@ -15,8 +20,10 @@ itself is always read back from the server (`qstat -f -F json -x`) and re-valida
 
 Exit status, prologue and launch: 0 accept; 1 the job's request is at fault (the hook
 deletes the job: rerunning cannot help); 2 a node is at fault (the hook rejects and PBS
-requeues the job; batch.max_requeues bounds it, then 1). end and abort: 0 clean; 1 the
-teardown is incomplete (the node has been or is being taken offline).
+requeues the job; batch.max_requeues bounds it, then 1). begin: 0 (it only reports). Any
+of these plus OFFLINE (8) when this node is at fault: the hook takes this MoM's vnodes
+offline through the event, which needs no server privileges. end and abort: 0 clean; 1
+the teardown is incomplete (the hook takes the node offline).
 """
 
 from __future__ import annotations
@@ -25,28 +32,40 @@ import os
 from collections.abc import Mapping
 
 from vtorque.hooks.base import END, IGNORE, LAUNCH, START, Hook, HookUsage, Invocation, say
+from vtorque.outcome import THIS_NODE, Outcome
 from vtorque.text import one_line
 
 ROLES = ("ms", "sister")
+OFFLINE = 8      # added to the exit status: this node is at fault, take it offline
 
 
 class OpenPBSHook(Hook):
     scheduler = "openpbs"
-    events = {"prologue": START, "launch": LAUNCH, "epilogue": IGNORE, "end": END,
-              "abort": END}
+    events = {"begin": START, "prologue": START, "launch": LAUNCH, "epilogue": IGNORE,
+              "end": END, "abort": END}
 
     def main(self, event: str, args: list[str], config_path: str | None,
              environ: Mapping[str, str] | None = None) -> int:
-        return super().main(event.removeprefix("execjob_"), args, config_path, environ)
+        event = event.removeprefix("execjob_")
+        if event == "prologue" and len(args) >= 3 and args[2] == "sister":
+            return 0             # the sister's guests came up in execjob_begin
+        return super().main(event, args, config_path, environ)
 
     def invocation(self, event: str, kind: str, args: list[str],
                    environ: Mapping[str, str]) -> Invocation:
         if len(args) not in (3, 4) or args[2] not in ROLES:
             raise HookUsage(f"expected arguments JOBID USER ms|sister [NODE], got "
                             f"{one_line(repr(args), 120)}")
+        begin = event == "begin"
         return Invocation(event, kind, args[0], claimed_user=args[1],
                           mother_superior=args[2] == "ms",
-                          node_name=args[3] if len(args) == 4 else None)
+                          node_name=args[3] if len(args) == 4 else None,
+                          provision_here=begin, assemble=not begin, decides=not begin)
+
+    def act(self, outcome: Outcome, inv: Invocation, config, adapter, ctx) -> int:
+        say(outcome.message)
+        status = self.exit_codes[outcome.action] if inv.decides else 0
+        return status | OFFLINE if outcome.fault == THIS_NODE else status
 
     def launch(self, inv: Invocation, config, adapter) -> int:
         """Print the job shell for a VM job whose guests are up here; nothing otherwise."""

@@ -7,10 +7,16 @@
     epilogue.precancel mother superior, as the job owner: nothing to do (no root); the
                        epilogue that always follows tears down
 
-Prologue exit status: 0 runs the job, 1 aborts it (the user's request is at fault), 2
-requeues it (a node is at fault; batch.max_requeues bounds it, then 1). Torque only logs
-an epilogue's exit status; a teardown that cannot complete takes the node offline
-(`pbsnodes -o`).
+Torque runs every sister's prologue.parallel first and the mother superior's prologue
+only once they all succeeded. A sister therefore starts its guests and reports (ready or
+failed) through the hand-off, and always exits 0: the real server retries a failing
+prologue.parallel forever, marks the node down, and never runs the sisters'
+epilogue.parallel. The mother superior's prologue starts its own guests, waits for every
+node and decides: 0 runs the job, 1 aborts it (the user's request is at fault), 2
+requeues it (a node is at fault; batch.max_requeues bounds it, then 1: the real server
+requeues a failing prologue forever, without a hold). A node at fault takes itself offline
+(`pbsnodes -o`, vtorque's note). Torque only logs an epilogue's exit status; a teardown
+that cannot complete takes the node offline too.
 """
 
 from __future__ import annotations
@@ -32,9 +38,11 @@ class TorqueHook(Hook):
                    environ: Mapping[str, str]) -> Invocation:
         if not args:
             raise HookUsage("no job id argument")
+        sister = event.endswith(".parallel")
         return Invocation(event, kind, args[0],
                           claimed_user=args[1] if len(args) > 1 else None,
-                          mother_superior=not event.endswith(".parallel"))
+                          mother_superior=not sister, assemble=not sister,
+                          decides=not sister)
 
 
 HOOK = TorqueHook()

@@ -2,6 +2,16 @@
 (read back from the batch server by the hook), bring up this node's guests, publish them,
 and on the mother superior wait for every node before the job may start.
 
+Two steps, which a batch system may run in one event or in two:
+
+    provision  every node: bring up this node's guests, publish ready or failed
+    assemble   the mother superior, after its own provision: wait for every node, then
+               write the owner's files (or roll back and say whose fault it was)
+
+Torque and Slurm run both in the mother superior's prologue; OpenPBS starts a sister's
+prologue only once the mother superior's has accepted, so there every node provisions in
+execjob_begin and the mother superior assembles in execjob_prologue.
+
 Returns an Outcome (vtorque.outcome): the action, the message and whose fault a failure
 was; the scheduler's hook (vtorque.hooks) turns it into what its batch system understands
 and applies the requeue limit.
@@ -15,20 +25,44 @@ from vtorque.cluster import handoff
 from vtorque.config import Config
 from vtorque.errors import NodeError, UserError, VtorqueError
 from vtorque.log import node_logger
-from vtorque.outcome import THIS_NODE, USER, Outcome
+from vtorque.outcome import RUN, THIS_NODE, USER, Outcome
 
 
-def provision(ctx: JobContext, config: Config, *, mother_superior: bool) -> Outcome:
-    """Bring up this node's guests of `ctx`; on the mother superior also wait for all."""
+def start(ctx: JobContext, config: Config, *, mother_superior: bool,
+          provision_here: bool = True, assemble: bool = True) -> Outcome:
+    """This node's part of starting the job: provision its guests (unless another event
+    did), and on the mother superior assemble the job."""
     if not ctx.is_vm_job:
         return Outcome.run()
+    entries = None
+    if provision_here:
+        outcome, entries = _provision(ctx, config)
+        if outcome.action != RUN:
+            return outcome
+    if not (mother_superior and assemble):
+        return Outcome.run()
+    return assemble_job(ctx, config, entries)
+
+
+def this_node(ctx: JobContext, config: Config) -> str:
+    """This node's name as the job's node list spells it (NodeError when absent)."""
+    return ctx.nodes[ctx.node_index(node.node_name(config.node_name))]
+
+
+def provision(ctx: JobContext, config: Config) -> Outcome:
+    """Bring up this node's guests of `ctx` and publish them (or the failure)."""
+    return _provision(ctx, config)[0]
+
+
+def _provision(ctx: JobContext, config: Config) -> tuple[Outcome, list | None]:
+    """provision(), and every guest of the job as the owner's files will name them."""
     log = node_logger(config)
-    name = node.node_name(config.node_name)
     try:
-        index = ctx.node_index(name)
+        name = this_node(ctx, config)
     except VtorqueError as exc:
-        return Outcome.node_fault(f"vtorque: job {ctx.job_id}: {exc}", name)
-    name = ctx.nodes[index]
+        name = node.node_name(config.node_name)
+        return Outcome.node_fault(f"vtorque: job {ctx.job_id}: {exc}", name), None
+    index = ctx.nodes.index(name)
     log.info("job %s: provisioning on %s (run %d)", ctx.job_id, name, ctx.run_count)
     events.record(config, ctx.job_id, "start", run=ctx.run_count)
     try:
@@ -37,7 +71,7 @@ def provision(ctx: JobContext, config: Config, *, mother_superior: bool) -> Outc
         log.error("job %s: request refused on %s: %s", ctx.job_id, name, exc)
         events.record(config, ctx.job_id, "failed", fault=USER, reason=str(exc))
         _publish_failure(config, ctx, name, str(exc), user_fault=True)
-        return Outcome.user_error(f"vtorque: job {ctx.job_id} refused: {exc}")
+        return Outcome.user_error(f"vtorque: job {ctx.job_id} refused: {exc}"), None
     except (VtorqueError, OSError) as exc:
         if isinstance(exc, OSError):     # a file system the job needs refused a write
             exc = NodeError(f"{exc.filename or 'the job state'}: {exc.strerror or exc}")
@@ -45,26 +79,41 @@ def provision(ctx: JobContext, config: Config, *, mother_superior: bool) -> Outc
         events.record(config, ctx.job_id, "failed", fault=THIS_NODE, reason=str(exc))
         _publish_failure(config, ctx, name, str(exc), user_fault=False)
         return Outcome.node_fault(f"vtorque: node {name} failed to start the job's guests: "
-                                  f"{exc}", name)
-    guests = [{"rank": g.rank, "name": g.name, "hostname": g.hostname, "mac": g.mac}
-              for g in result.guests]
+                                  f"{exc}", name), None
+    guests = [{"rank": g.rank, "name": g.name, "hostname": g.hostname, "mac": g.mac,
+               "kind": result.image_kind} for g in result.guests]
     handoff.publish(config, ctx.job_id, handoff.NodeStatus(
         name, handoff.READY, guests=guests, run=ctx.run_count, rdma=result.rdma))
     log.info("job %s: %d guest(s) ready on %s in %.1f s", ctx.job_id, len(guests), name,
              result.seconds)
     events.record(config, ctx.job_id, "ready", seconds=round(result.seconds, 3),
                   guests=len(guests), image=result.image_name, digest=result.image_digest)
-    if not mother_superior:
-        return Outcome.run()
-    return _assemble(ctx, config, name, job_guests, result.image_kind)
+    return Outcome.run(), job_guests
+
+
+def _request(ctx: JobContext, config: Config):
+    from vtorque.request import build_request, decode_pairs
+    return build_request(decode_pairs(ctx.vm_request), config)
 
 
 def _bring_up(ctx: JobContext, config: Config, index: int):
     from vtorque.prologue.guests import bring_up
-    from vtorque.request import build_request, decode_pairs
-    request = build_request(decode_pairs(ctx.vm_request), config)
-    return bring_up(ctx.job_id, request, config, user=ctx.user, node_index=index,
-                    node_count=len(ctx.nodes), node=ctx.nodes[index], run=ctx.run_count)
+    return bring_up(ctx.job_id, _request(ctx, config), config, user=ctx.user,
+                    node_index=index, node_count=len(ctx.nodes), node=ctx.nodes[index],
+                    run=ctx.run_count)
+
+
+def _job_entries(ctx: JobContext, config: Config):
+    """Every guest of the job as the owner's files name them (derived, as each node did)."""
+    from vtorque.mpi import sshkeys
+    from vtorque.prologue.guests import job_guests
+    from vtorque.vm import addresses
+    request = _request(ctx, config)
+    block = None
+    if config.network.mode != "none":
+        block = addresses.allocate(config, ctx.job_id, len(ctx.nodes) * request.vms_per_node)
+    return job_guests(ctx.job_id, request, len(ctx.nodes), block,
+                      sshkeys.read_secret(config.secret_file))
 
 
 def _publish_failure(config: Config, ctx: JobContext, name: str, reason: str,
@@ -78,40 +127,54 @@ def _publish_failure(config: Config, ctx: JobContext, name: str, reason: str,
                                   ctx.job_id, name, exc)
 
 
-def _assemble(ctx: JobContext, config: Config, name: str, job_guests,
-              image_kind: str) -> Outcome:
-    """The mother superior: wait for every node, then write the owner's files."""
+def assemble_job(ctx: JobContext, config: Config, entries: list | None = None) -> Outcome:
+    """The mother superior: wait for every node, then write the owner's files (`entries`:
+    the job's guests when this node has just derived them)."""
     from vtorque.epilogue.teardown import release_functions
     from vtorque.prologue.guests import write_user_files
     from vtorque.vm import lifecycle
     log = node_logger(config)
+    try:
+        name = this_node(ctx, config)
+    except VtorqueError as exc:
+        name = node.node_name(config.node_name)
+        return Outcome.node_fault(f"vtorque: job {ctx.job_id}: {exc}", name)
+    try:
+        _request(ctx, config)          # refused at once, whatever the other nodes do
+    except UserError as exc:
+        return Outcome.user_error(f"vtorque: job {ctx.job_id} refused: {exc}")
     statuses = handoff.collect(config, ctx.job_id, ctx.nodes, config.timeouts.provision,
                                run=ctx.run_count)
     failed = [s for s in statuses.values() if s.state != handoff.READY]
     if not failed:
         failed = _mixed_transports(statuses)
-    own_failure = None
     if not failed:
         try:
-            write_user_files(ctx.job_id, config, ctx.user, job_guests, image_kind)
+            kinds = [g.get("kind") for g in statuses[name].guests if isinstance(g, dict)]
+            write_user_files(ctx.job_id, config, ctx.user,
+                             entries if entries is not None else _job_entries(ctx, config),
+                             kinds[0] if kinds and kinds[0] else "linux")
             return Outcome.run()
         except (VtorqueError, OSError, KeyError) as exc:
-            own_failure = f"cannot write the job's files: {exc}"
-            failed = [handoff.NodeStatus(name, handoff.FAILED, own_failure)]
-    # Roll back here; every other node rolls back in its epilogue (or the reaper does
-    # it): the batch system runs those on every node of the job. Only this node's
-    # guests: the job-wide pieces stay until the last node is clean (cluster.jobwide).
-    try:
-        lifecycle.down(ctx.job_id, config)
-        release_functions(ctx.job_id, config)
-    except VtorqueError as exc:
-        log.error("job %s: rollback on %s failed: %s", ctx.job_id, name, exc)
+            failed = [handoff.NodeStatus(name, handoff.FAILED,
+                                         f"cannot write the job's files: {exc}")]
+    # Roll back here (a node that failed rolled back already); every other node rolls
+    # back in its epilogue or abort event, or at the job's next start, or the reaper does
+    # it. Only this node's guests: the job-wide pieces stay until the last node is clean
+    # (cluster.jobwide).
+    own = statuses.get(name)
+    if own is not None and own.state == handoff.READY:
+        try:
+            lifecycle.down(ctx.job_id, config)
+            release_functions(ctx.job_id, config)
+        except VtorqueError as exc:
+            log.error("job %s: rollback on %s failed: %s", ctx.job_id, name, exc)
     reasons = "; ".join(f"{s.node}: {s.reason}" for s in failed)
     log.error("job %s: not started: %s", ctx.job_id, reasons)
     if any(s.user_fault for s in failed):
         return Outcome.user_error(f"vtorque: job {ctx.job_id} refused: {reasons}")
     message = f"vtorque: job {ctx.job_id} could not start its guests: {reasons}"
-    if own_failure is not None:
+    if any(s.node == name for s in failed):
         return Outcome.node_fault(message, name)
     return Outcome.others_fault(message, tuple(s.node for s in failed))
 
