@@ -53,6 +53,25 @@ class JobPaths:
                    lock=os.path.join(state_dir, ".locks", key + ".lock"))
 
 
+MAX_JOURNAL = 16 << 20
+
+
+def journal_trusted(path: str, owner: int) -> bool:
+    """Whether the journal at `path` and the job directory holding it are `owner`'s own:
+    a real directory and a regular file of that uid, neither writable by group or others
+    (the state directory above is verified by the caller)."""
+    import stat
+    try:
+        directory = os.lstat(os.path.dirname(path))
+        journal = os.lstat(path)
+    except OSError:
+        return False
+    return (stat.S_ISDIR(directory.st_mode) and directory.st_uid == owner
+            and not directory.st_mode & 0o022 and stat.S_ISREG(journal.st_mode)
+            and journal.st_uid == owner and not journal.st_mode & 0o022
+            and journal.st_nlink == 1)
+
+
 class Journal:
     """Append-only JSON-lines log of one job's steps on this node."""
 
@@ -71,19 +90,34 @@ class Journal:
         finally:
             os.close(fd)
 
-    def entries(self) -> list[dict[str, Any]]:
-        """Every readable entry; a torn last line (crash mid-write) is skipped."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return []
-        with os.fdopen(fd, "rb") as handle:
-            lines = handle.read().decode(errors="replace").splitlines()
+    def entries(self, *, owner: int | None = None) -> list[dict[str, Any]]:
+        """Every readable entry; a torn last line (crash mid-write) is skipped.
+
+        With `owner` (root, for the reaper), only a journal that uid made counts: a
+        regular file of theirs with one link, not writable by group or others, in a
+        directory of theirs (journal_trusted); any other reads as no journal at all."""
+        if owner is not None:
+            if not journal_trusted(self.path, owner):
+                return []
+            from vtorque.errors import NodeError
+            from vtorque.files import read_owned
+            try:
+                data = read_owned(self.path, limit=MAX_JOURNAL, owner=owner)
+            except (OSError, NodeError):
+                return []
+            lines = data.decode(errors="replace").split("\n")
+        else:
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return []
+            with os.fdopen(fd, "rb") as handle:
+                lines = handle.read().decode(errors="replace").splitlines()
         out = []
         for line in lines:
             try:
                 entry = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
             if isinstance(entry, dict):
                 out.append(entry)

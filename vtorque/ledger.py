@@ -4,6 +4,10 @@ Used for what must never be handed out twice: guest address blocks and partition
 (cluster-wide, in the shared state directory) and virtual functions (node-wide). Every
 change is read-modify-write under the lock and written atomically, so a process killed
 at any point leaves either the old table or the new one.
+
+The table decides what root hands out, so its directory must be trusted (made by root,
+verified on every use: files.ensure_trusted_dir) and the table is read only when it is
+root's own regular file; a planted table or lock is refused, never followed.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from vtorque.errors import NodeError
-from vtorque.files import atomic_write, ensure_parent_dirs
+from vtorque.files import DIR, atomic_write, ensure_trusted_dir, read_owned, resolve_trusted
 
 LOCK_TIMEOUT = 30.0
+MAX_TABLE = 16 << 20
 
 
 class Ledger:
@@ -37,16 +42,28 @@ class Ledger:
         self._mode = mode
 
     def read(self) -> dict[str, Any]:
-        """The table as it is now (no lock: a consistent snapshot thanks to the renames)."""
+        """The table as it is now (no lock: a consistent snapshot thanks to the renames).
+        NodeError when its directory or the file is not root's own."""
+        directory = os.path.dirname(self.path)
         try:
-            with open(self.path) as handle:
-                data = json.load(handle)
+            resolve_trusted(directory, DIR)
+        except NodeError as exc:
+            if not os.path.lexists(directory) and str(exc).endswith(" does not exist"):
+                return {}
+            raise NodeError(f"{self.what}: {exc}") from None
+        try:
+            data = json.loads(read_owned(self.path, limit=MAX_TABLE))
             if not isinstance(data, dict):
                 raise TypeError("not an object")
             return {str(k): self._check(v) for k, v in data.items()}
         except FileNotFoundError:
             return {}
-        except (ValueError, TypeError, AttributeError, IndexError, KeyError):
+        except NodeError as exc:
+            raise NodeError(f"{self.what}: {exc}") from None
+        except OSError as exc:
+            raise NodeError(f"{self.what} {self.path}: cannot read: "
+                            f"{exc.strerror or exc}") from None
+        except (ValueError, TypeError, AttributeError, IndexError, KeyError, RecursionError):
             raise NodeError(f"{self.what} {self.path} are corrupt; fix or remove it") from None
 
     @contextlib.contextmanager
@@ -59,7 +76,7 @@ class Ledger:
         if not create and not os.path.exists(self.path):
             yield {}
             return
-        ensure_parent_dirs(os.path.dirname(self.path), 0o755)
+        ensure_trusted_dir(os.path.dirname(self.path), 0o755)
         try:
             with filelock.FileLock(self.lock_path, timeout=LOCK_TIMEOUT):
                 table = self.read()

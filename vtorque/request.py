@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 from vtorque.config import ARCHES, FS_TYPES, Config
 from vtorque.errors import ImageError, RequestError
+from vtorque.text import one_line, shown
 from vtorque.units import format_mib, parse_bool, parse_size_mib
 
 # The keys users know from vTorque, in the order help texts list them.
@@ -38,6 +39,8 @@ KEY_HELP = {
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _GUEST_PATH = re.compile(r"/[A-Za-z0-9._+/-]{1,255}")
 _INT = re.compile(r"[0-9]+")
+# Longer than any real request: a bound on the work (and the echo) a text can cause.
+MAX_REQUEST = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -106,21 +109,27 @@ def split_pairs(texts: Iterable[str]) -> dict[str, str]:
     empty values, and values carrying `,` `=` or a leading `-`.
     """
     pairs: dict[str, str] = {}
+    total = 0
     for text in texts:
+        if not isinstance(text, str):
+            raise RequestError("a -vm request must be text (expected key=value[,key=value])")
+        total += len(text)
+        if total > MAX_REQUEST:
+            raise RequestError(f"-vm requests longer than {MAX_REQUEST} characters in all")
         if not text.strip():
             raise RequestError("empty -vm request (expected key=value[,key=value])")
         for item in text.split(","):
             item = item.strip()
             if "=" not in item:
-                raise RequestError(f"malformed -vm item '{item}' (expected key=value; "
+                raise RequestError(f"malformed -vm item {shown(item)} (expected key=value; "
                                    "values cannot contain ',')")
             key, value = item.split("=", 1)
             key = key.strip()
             value = value.strip()
             if key not in VM_KEYS:
-                close = difflib.get_close_matches(key, VM_KEYS, n=1)
+                close = difflib.get_close_matches(key, VM_KEYS, n=1) if len(key) <= 40 else []
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise RequestError(f"unknown -vm key '{key}'{hint}; known keys: "
+                raise RequestError(f"unknown -vm key {shown(key)}{hint}; known keys: "
                                    + ", ".join(VM_KEYS), key=key)
             if key in pairs:
                 raise RequestError(f"-vm key '{key}' given more than once", key=key)
@@ -143,8 +152,8 @@ def build_request(pairs: Mapping[str, str], config: Config) -> VmRequest:
             return default
         value = pairs[key]
         if "://" in value or "/" in value or ".." in value or not _NAME.fullmatch(value):
-            raise RequestError(f"-vm {key}='{value}' is not a catalog name (letters, digits, "
-                               "'.', '_', '-'; no paths or URLs)", key=key)
+            raise RequestError(f"-vm {key}={shown(value)} is not a catalog name (letters, "
+                               "digits, '.', '_', '-'; no paths or URLs)", key=key)
         return value
 
     def integer(key: str, default: int, lo: int, hi: int, limit_name: str) -> int:
@@ -152,15 +161,14 @@ def build_request(pairs: Mapping[str, str], config: Config) -> VmRequest:
             return default
         value = pairs[key]
         if not _INT.fullmatch(value):
-            raise RequestError(f"-vm {key}='{value}' is not a whole number", key=key)
+            raise RequestError(f"-vm {key}={shown(value)} is not a whole number", key=key)
         # A huge number is over any limit; do not hand thousands of digits to int().
         digits = value.lstrip("0") or "0"
         number = int(digits) if len(digits) <= 12 else hi + 1
         if number < lo:
             raise RequestError(f"-vm {key}={number} is below the minimum {lo}", key=key)
         if number > hi:
-            shown = value if len(value) <= 20 else value[:20] + "..."
-            raise RequestError(f"-vm {key}={shown} exceeds the site limit {hi} "
+            raise RequestError(f"-vm {key}={one_line(value, 20)} exceeds the site limit {hi} "
                                f"({limit_name})", key=key)
         return number
 
@@ -171,15 +179,15 @@ def build_request(pairs: Mapping[str, str], config: Config) -> VmRequest:
         try:
             mib = parse_size_mib(value)
         except ValueError as exc:
-            raise RequestError(f"-vm {key}='{value}': {exc}", key=key) from None
+            raise RequestError(f"-vm {key}={shown(value)}: {exc}", key=key) from None
         if key == "disk" and mib == 0:
             return 0
         if mib < lo:
-            raise RequestError(f"-vm {key}={value} is below the minimum {format_mib(lo)}",
-                               key=key)
+            raise RequestError(f"-vm {key}={one_line(value, 40)} is below the minimum "
+                               f"{format_mib(lo)}", key=key)
         if mib > hi:
-            raise RequestError(f"-vm {key}={value} exceeds the site limit {format_mib(hi)} "
-                               f"({limit_name})", key=key)
+            raise RequestError(f"-vm {key}={one_line(value, 40)} exceeds the site limit "
+                               f"{format_mib(hi)} ({limit_name})", key=key)
         return mib
 
     def boolean(key: str, default: bool) -> bool:
@@ -188,13 +196,13 @@ def build_request(pairs: Mapping[str, str], config: Config) -> VmRequest:
         try:
             return parse_bool(pairs[key])
         except ValueError as exc:
-            raise RequestError(f"-vm {key}='{pairs[key]}': {exc}", key=key) from None
+            raise RequestError(f"-vm {key}={shown(pairs[key])}: {exc}", key=key) from None
 
     def choice(key: str, default: str, choices: tuple[str, ...]) -> str:
         if key not in pairs:
             return default
         if pairs[key] not in choices:
-            raise RequestError(f"-vm {key}='{pairs[key]}': expected one of "
+            raise RequestError(f"-vm {key}={shown(pairs[key])}: expected one of "
                                + ", ".join(choices), key=key)
         return pairs[key]
 
@@ -203,8 +211,8 @@ def build_request(pairs: Mapping[str, str], config: Config) -> VmRequest:
             return None
         value = pairs[key]
         if not _GUEST_PATH.fullmatch(value) or "/../" in value + "/" or "//" in value:
-            raise RequestError(f"-vm {key}='{value}' must be an absolute path inside the "
-                               "guest (letters, digits, '.', '_', '+', '-', '/')", key=key)
+            raise RequestError(f"-vm {key}={shown(value)} must be an absolute path inside "
+                               "the guest (letters, digits, '.', '_', '+', '-', '/')", key=key)
         return value
 
     if "vcpu_pinning" in pairs and pairs["vcpu_pinning"].startswith("/"):

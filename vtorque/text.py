@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import re
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Control characters (C0, DEL, C1), line and paragraph separators, and what makes a line
+# read other than it is: bidirectional overrides and isolates, zero-width characters, and
+# lone surrogates (from undecodable bytes), which would not even encode for the output.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e"
+                      "\u2060-\u2069\ufeff\ud800-\udfff]")
 ELLIPSIS = "..."
 
 

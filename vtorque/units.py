@@ -5,7 +5,11 @@ from __future__ import annotations
 import re
 
 # The B/iB suffix only after a unit letter: "512B" means bytes, not 512 MiB, so it is refused.
-_SIZE = re.compile(r"(?P<num>[0-9]+)(?:(?P<unit>[KMGT])(?:I?B)?)?", re.IGNORECASE)
+# re.ASCII: without it IGNORECASE lets characters that fold onto ASCII letters through
+# (the Kelvin sign U+212A matches "k", a dotless i matches "i") into the unit lookup.
+_SIZE = re.compile(r"(?P<num>[0-9]{1,24})(?:(?P<unit>[KMGT])(?:I?B)?)?",
+                   re.IGNORECASE | re.ASCII)
+_BLANKS = " \t"
 _SHIFT = {"K": 10, "M": 20, "G": 30, "T": 40}
 
 TRUE_WORDS = frozenset({"yes", "true", "enabled", "on", "1"})
@@ -18,7 +22,7 @@ def parse_size_mib(text: str) -> int:
     A bare number means MiB. Sizes that are not a whole number of MiB are refused rather
     than silently rounded. Raises ValueError with a short reason.
     """
-    match = _SIZE.fullmatch(text.strip())
+    match = _SIZE.fullmatch(text.strip(_BLANKS)) if isinstance(text, str) else None
     if not match:
         raise ValueError("expected a size such as 512M, 4G or 1T")
     num = int(match["num"])
@@ -31,7 +35,7 @@ def parse_size_mib(text: str) -> int:
 
 def parse_bool(text: str) -> bool:
     """yes/no, true/false, enabled/disabled (vTorque's words), on/off, 1/0."""
-    word = text.strip().lower()
+    word = text.strip(_BLANKS).lower() if isinstance(text, str) and text.isascii() else ""
     if word in TRUE_WORDS:
         return True
     if word in FALSE_WORDS:

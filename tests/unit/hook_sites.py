@@ -107,6 +107,7 @@ class TorqueSite(Site):
         return {"Job_Name": "vmjob", "Job_Owner": f"{user}@login1", "euser": user,
                 "egroup": "hpc", "job_state": "R", "queue": "batch",
                 "exec_host": "+".join(f"{n}/0-1" for n in nodes), "start_count": str(runs),
+                "ctime": "1796170623",
                 "Resource_List": {"nodes": f"{len(nodes)}:ppn=2"},
                 "Variable_List": variables}
 
@@ -141,6 +142,7 @@ class OpenPBSSite(Site):
         return {"Job_Name": "vmjob", "Job_Owner": f"{user}@login1", "euser": user,
                 "egroup": "hpc", "job_state": "R", "queue": "workq",
                 "exec_host": "+".join(f"{n}/0*2" for n in nodes), "run_count": runs,
+                "ctime": "Tue Dec  1 23:41:54 2026",
                 "Resource_List": {"ncpus": 2 * len(nodes), "nodect": len(nodes)},
                 "Variable_List": variables}
 
@@ -193,7 +195,7 @@ class SlurmSite(Site):
                "JobState": "RUNNING", "Reason": "Prolog", "Partition": "batch",
                "NodeList": ",".join(nodes), "NumCPUs": 4,
                "CPU_IDs": {n: "0-1" for n in nodes}, "Restarts": runs - 1,
-               "WorkDir": f"/home/{user}/run"}
+               "WorkDir": f"/home/{user}/run", "SubmitTime": "2026-11-24T03:56:10"}
         if vm is not None:
             job["Comment"] = f"vtorque:{vm}"
         return job

@@ -535,3 +535,43 @@ def test_job_environment_becomes_one_sshd_setenv_line(tmp_path: Path) -> None:
     assert lines[1:3] == ["rc=0 failed=", "rc=0"]
     assert lines[3:] == ["vtorque-error job environment failed: bad value for X",
                          "rc=1 failed=1"]
+
+
+def test_mounts_agree_with_the_host_side() -> None:
+    """The seed file's name and the 9p options are the host side's (vtorque/vm/mounts.py)."""
+    from vtorque.vm import mounts
+    assert bti.SEED_MOUNTS == mounts.TEST_GUEST_FILE
+    assert bti.SHARE_MOUNT_OPTIONS == mounts.NINEP_OPTIONS
+
+
+@needs_busybox
+def test_setup_mounts_mounts_each_line_under_the_root(tmp_path: Path) -> None:
+    """Each share at its node path under the root, outer first, read-only when asked,
+    paths with spaces whole; an unknown line and a mount that fails are reported."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "mounts").write_text("9p vtshare0 rw /home/alice\n"
+                                     "9p vtshare1 ro /scratch/a b\n\n"
+                                     "bogus x y /z\n")
+    stub = ('mount() { echo "mount $*" >> calls; [ "$5" != vtshare1 ] || '
+            '{ echo "no such tag" >&2; return 32; }; }\n')
+    proc = run_functions(stub + f'setup_mounts mounts {root}; echo "failed=$failed"\n',
+                         tmp_path)
+    calls = (tmp_path / "calls").read_text().splitlines()
+    opts = bti.SHARE_MOUNT_OPTIONS
+    assert calls == [f"mount -t 9p -o {opts} vtshare0 {root}/home/alice",
+                     f"mount -t 9p -o {opts},ro vtshare1 {root}/scratch/a b"]
+    assert (root / "home/alice").is_dir() and (root / "scratch/a b").is_dir()
+    assert "vtorque-error mounts failed: mount -t 9p" in proc.stdout
+    assert "no such tag" in proc.stdout
+    assert "vtorque-error mounts failed: unknown line in mounts: bogus" in proc.stdout
+    assert proc.stdout.rstrip().endswith("failed=1")
+
+
+@needs_busybox
+def test_setup_mounts_needs_the_hosts_root(tmp_path: Path) -> None:
+    (tmp_path / "mounts").write_text("data vtorque-data - /data\n")
+    proc = run_functions('setup_mounts mounts ""\n', tmp_path)
+    assert "vtorque-error mounts failed: shares need the host's root" in proc.stdout
+    assert run_functions('setup_mounts absent ""; echo "[$failed]"\n',
+                         tmp_path).stdout == "[]\n"

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from pathlib import Path
 
 import pytest
 
-from vtorque.files import atomic_write, ensure_parent_dirs, make_dir, remove_file, remove_tree
+from vtorque.errors import NodeError
+from vtorque.files import atomic_write, ensure_trusted_dir, make_dir, remove_file, remove_tree
 
 NOBODY = 65534
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
@@ -65,12 +65,13 @@ def test_make_dir_creates_with_exact_mode_and_group(tmp_path: Path) -> None:
         assert st.st_gid == NOBODY
 
 
-def test_make_dir_accepts_and_fixes_our_own_directory(tmp_path: Path) -> None:
+def test_make_dir_refuses_even_our_own_existing_directory(tmp_path: Path) -> None:
     path = tmp_path / "job"
     path.mkdir(mode=0o777)
     os.chmod(path, 0o777)
-    make_dir(str(path), 0o700)
-    assert stat.S_IMODE(os.lstat(path).st_mode) == 0o700
+    with pytest.raises(NodeError, match="exists already"):
+        make_dir(str(path), 0o700)
+    assert stat.S_IMODE(os.lstat(path).st_mode) == 0o777   # not adopted, not changed
 
 
 def test_make_dir_refuses_a_planted_symlink(tmp_path: Path) -> None:
@@ -79,9 +80,8 @@ def test_make_dir_refuses_a_planted_symlink(tmp_path: Path) -> None:
     os.chmod(target, 0o755)
     link = tmp_path / "job"
     link.symlink_to(target)
-    with pytest.raises(OSError) as info:
+    with pytest.raises(NodeError, match="exists already"):
         make_dir(str(link), 0o700, gid=NOBODY)
-    assert info.value.errno == errno.EEXIST
     assert link.is_symlink()
     st = os.stat(target)
     assert stat.S_IMODE(st.st_mode) == 0o755  # not chmod-ed through the link
@@ -90,9 +90,8 @@ def test_make_dir_refuses_a_planted_symlink(tmp_path: Path) -> None:
 
 def test_make_dir_refuses_a_planted_file(tmp_path: Path) -> None:
     (tmp_path / "job").write_text("")
-    with pytest.raises(OSError) as info:
+    with pytest.raises(NodeError, match="exists already"):
         make_dir(str(tmp_path / "job"), 0o700)
-    assert info.value.errno == errno.EEXIST
 
 
 @needs_root
@@ -101,22 +100,22 @@ def test_make_dir_refuses_another_users_directory(tmp_path: Path) -> None:
     path.mkdir(mode=0o777)
     os.chmod(path, 0o777)
     os.chown(path, NOBODY, NOBODY)
-    with pytest.raises(OSError) as info:
+    with pytest.raises(NodeError):
         make_dir(str(path), 0o700)
-    assert info.value.errno == errno.EEXIST
     st = os.lstat(path)
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (NOBODY, 0o777)
 
 
 def test_make_dir_does_not_create_parents(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(NodeError, match="does not exist"):
         make_dir(str(tmp_path / "a" / "b"), 0o700)
+    assert not (tmp_path / "a").exists()
 
 
-def test_ensure_parent_dirs(tmp_path: Path) -> None:
+def test_ensure_trusted_dir_makes_and_accepts_its_own(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "c"
-    ensure_parent_dirs(str(path), 0o755)
-    ensure_parent_dirs(str(path), 0o755)  # existing is fine
+    ensure_trusted_dir(str(path), 0o755)
+    ensure_trusted_dir(str(path), 0o755)  # existing is fine
     assert path.is_dir()
 
 

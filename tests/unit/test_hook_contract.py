@@ -28,16 +28,23 @@ class Guests:
     """guests.bring_up and write_user_files as recorders: one fake guest per node."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        from vtorque.mpi import sshkeys
         from vtorque.prologue import guests
         self.calls: list[dict[str, Any]] = []
         self.error: Exception | None = None
         monkeypatch.setattr(guests, "bring_up", self.bring_up)
         monkeypatch.setattr(guests, "write_user_files", lambda *a, **k: "/nowhere")
+        # The sites' owners have no account here: the server's uid stands in for the
+        # node's (the creation time is still required, from the site's record).
+        real_scope = sshkeys.scope_for
+        monkeypatch.setattr(sshkeys, "scope_for", lambda job_id, user, created, uid=None:
+                            real_scope(job_id, user, created, 1001 if uid is None else uid))
 
     def bring_up(self, job_id, request, config, *, user, node_index=0, node_count=1,
-                 node=None, run=0):
+                 node=None, run=0, workdir=None, keys=None):
         self.calls.append({"job": job_id, "user": user, "index": node_index,
-                           "count": node_count, "node": node})
+                           "count": node_count, "node": node, "workdir": workdir,
+                           "keys": keys})
         if self.error is not None:
             raise self.error
         guest = SimpleNamespace(rank=node_index, name=f"vt-{node_index}",

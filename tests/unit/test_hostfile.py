@@ -30,6 +30,8 @@ PROPERTY = settings(database=None, deadline=None, max_examples=60,
                                            HealthCheck.too_slow])
 SECRET = bytes(range(32))
 
+SCOPE = sshkeys.KeyScope("1.s", 1001, 1_700_000_000)
+
 
 def entry(rank: int, name: str | None = None, address: str | None = "10.0.0.1",
           slots: int = 1, key: str | None = None) -> GuestEntry:
@@ -56,8 +58,8 @@ def test_nodefile_has_one_line_per_slot_in_rank_order() -> None:
 
 
 def test_known_hosts_pins_name_and_address() -> None:
-    key = sshkeys.host_key(SECRET, "1.s", 0).public
-    key1 = sshkeys.host_key(SECRET, "1.s", 1).public
+    key = sshkeys.host_key(SECRET, SCOPE, 0).public
+    key1 = sshkeys.host_key(SECRET, SCOPE, 1).public
     guests = [entry(1, address=None, key=key1), entry(0, address="10.0.0.9", key=key),
               entry(2, key=None)]
     assert hostfile.known_hosts(guests) == f"g0,10.0.0.9 {key}\ng1 {key1}\n"
@@ -152,7 +154,8 @@ def test_generated_jobs_are_consistent(job_config: Any, monkeypatch: pytest.Monk
     block = addresses.allocate(job_config, job_id, total)
     try:
         secret = sshkeys.read_secret(job_config.secret_file)
-        guests = guests_mod.job_guests(job_id, request, len(nodes), block, secret)
+        guests = guests_mod.job_guests(job_id, request, len(nodes), block, secret,
+                                       sshkeys.KeyScope(job_id, 1001, 1_700_000_000))
         _check_job(job_id, guests, block, total, vcpus, secret, job_config)
         _check_node_ranks(job_id, request, job_config, nodes, guests, monkeypatch)
     finally:
@@ -192,7 +195,8 @@ def _check_job(job_id: str, guests: list[GuestEntry], block: addresses.AddressBl
         assert pinned == f"{guest.hostname},{guest.address}"
         key = load_ssh_public_key(f"{key_type} {blob}".encode())
         assert isinstance(key, Ed25519PublicKey)
-        assert f"{key_type} {blob}" == sshkeys.host_key(secret, job_id, guest.rank).public
+        assert f"{key_type} {blob}" == sshkeys.host_key(
+            secret, sshkeys.KeyScope(job_id, 1001, 1_700_000_000), guest.rank).public
     assert len({line.split(" ", 1)[1] for line in known}) == total   # one key per guest
 
     config_text = hostfile.ssh_config("alice", "/u/id", "/u/kh", guests)

@@ -28,14 +28,16 @@ from vtorque.errors import (
     GuestTimeout,
     HypervisorError,
     ImageError,
+    NodeError,
     RequestError,
     TeardownError,
+    Unsupported,
     VtorqueError,
 )
 from vtorque.journal import Journal
 from vtorque.node import NodeFacts
 from vtorque.request import parse_request
-from vtorque.vm import lifecycle, readiness
+from vtorque.vm import identity, lifecycle, readiness
 from vtorque.vm.host import Host
 from vtorque.vm.spec import METADATA_NS
 
@@ -109,8 +111,20 @@ def env(tmp_path: Path, pool_dir: Path, test_uri: str, add_kernel_image, monkeyp
 
     monkeypatch.setattr(lifecycle, "Host", host_factory)
     monkeypatch.setattr(readiness, "console_has", lambda _path, _line: True)
+    # What QEMU's identity may open is tried as that identity (a child process under its
+    # uid); here every (identity, kind, path) asked is recorded, and refused when a test
+    # lists the path in env.unusable.
+    checked: list = []
+    unusable: set[str] = set()
+
+    def check_as(qemu, paths):
+        checked.extend((qemu, kind, path) for kind, path in paths)
+        return [i for i, (_kind, path) in enumerate(paths) if path in unusable]
+    monkeypatch.setattr(identity, "unusable", check_as)
     monkeypatch.setattr(node, "facts", lambda: NodeFacts("node1", 16, 64 << 10))
-    yield Env(config, shared, config_path, state)
+    env = Env(config, shared, config_path, state)
+    env.checked, env.unusable = checked, unusable
+    yield env
     shared.really_close()
 
 
@@ -133,8 +147,9 @@ def test_up_starts_tagged_guests(env: Env) -> None:
     assert (st.st_uid, st.st_gid) == (0, QEMU_GID)
     for guest in result.guests:
         seed = Path(paths.job_dir) / f"{guest.name}.seed.iso"
-        assert stat.S_IMODE(seed.stat().st_mode) == 0o640
-        assert seed.stat().st_gid == QEMU_GID
+        st = seed.stat()
+        # The seed holds the guest's private host key: its QEMU's identity alone reads it.
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (QEMU_UID, QEMU_GID, 0o400)
 
 
 def test_up_writes_the_journal(env: Env) -> None:
@@ -171,11 +186,14 @@ def test_up_again_replaces_leftovers(env: Env) -> None:
 def test_up_with_scratch_disk(env: Env) -> None:
     result = lifecycle.up("12", env.request("img=testguest,vms_per_node=2,disk=1G"), env.config)
     paths = env.paths("12")
-    scratch = Path(paths.job_dir) / f"{result.guests[0].name}.scratch.qcow2"
+    scratch = Path(paths.job_dir) / f"{result.guests[0].name}.data.raw"
     st = scratch.stat()
-    assert scratch.read_bytes()[:4] == b"QFI\xfb"
+    assert st.st_size == 1 << 30 and st.st_blocks * 512 < 16 << 20     # sparse
+    with scratch.open("rb") as handle:
+        handle.seek(1080)
+        assert handle.read(2) == b"\x53\xef"                          # an ext4 superblock
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (QEMU_UID, QEMU_GID, 0o600)
-    assert not (Path(paths.job_dir) / f"{result.guests[1].name}.scratch.qcow2").exists()
+    assert not (Path(paths.job_dir) / f"{result.guests[1].name}.data.raw").exists()
     lifecycle.down("12", env.config)
     env.assert_nothing_left("12")
 
@@ -264,14 +282,14 @@ def test_guest_that_stops_rolls_back(env: Env, monkeypatch) -> None:
 
 
 def fail_with_stuck_rollback(env: Env, monkeypatch, error: VtorqueError) -> VtorqueError:
-    """up() whose disk step raises `error` and whose rollback cannot destroy a guest."""
-    def no_disks(spec, timeout):
+    """up() whose guests never answer (`error`) and whose rollback cannot destroy them."""
+    def never_ready(*args, **kwargs):
         raise error
 
     def stuck(name: str) -> None:
         raise HypervisorError(f"cannot destroy guest {name}: stuck")
 
-    monkeypatch.setattr(lifecycle.disks, "create_disks", no_disks)
+    monkeypatch.setattr(lifecycle.readiness, "wait_ready", never_ready)
     monkeypatch.setattr(env.host, "destroy", stuck)
     with pytest.raises(VtorqueError) as info:
         lifecycle.up("12", env.request("img=testguest"), env.config)
@@ -279,9 +297,9 @@ def fail_with_stuck_rollback(env: Env, monkeypatch, error: VtorqueError) -> Vtor
 
 
 def test_failed_rollback_keeps_both_messages(env: Env, monkeypatch) -> None:
-    error = fail_with_stuck_rollback(env, monkeypatch, HypervisorError("disk step failed"))
+    error = fail_with_stuck_rollback(env, monkeypatch, HypervisorError("no answer"))
     assert isinstance(error, HypervisorError)
-    assert str(error).startswith("disk step failed; rollback also failed: teardown of job 12 ")
+    assert str(error).startswith("no answer; rollback also failed: teardown of job 12 ")
     assert "stuck" in str(error)
 
 
@@ -337,7 +355,9 @@ def test_down_finds_guests_by_tag_without_the_journal(env: Env) -> None:
     env.assert_nothing_left("12")
 
 
-def test_down_finds_guests_by_journal_without_the_tag(env: Env) -> None:
+def test_down_destroys_only_domains_tagged_for_the_job(env: Env) -> None:
+    """A journal names domains, but only libvirt's tag says whose a domain is: a domain
+    the journal names without the job's tag (someone else's, of the same name) stays."""
     paths = env.paths("12")
     os.makedirs(paths.job_dir)
     name = f"vtorque-{paths.key}-0"
@@ -345,9 +365,12 @@ def test_down_finds_guests_by_journal_without_the_tag(env: Env) -> None:
     env.host.start_transient(f"""<domain type="test"><name>{name}</name>
       <memory unit="MiB">64</memory><vcpu>1</vcpu><os><type arch="x86_64">hvm</type></os>
     </domain>""")
-    assert lifecycle.down("12", env.config) == [name]
-    assert env.host.state(name) is None
-    env.assert_nothing_left("12")
+    try:
+        assert lifecycle.down("12", env.config) == []
+        assert env.host.state(name) is not None
+        assert not os.path.lexists(paths.job_dir)
+    finally:
+        env.host.destroy(name)
 
 
 def test_down_of_12_leaves_123_alone(env: Env) -> None:
@@ -471,3 +494,150 @@ def test_too_few_functions_requeue_and_leave_nothing(env: Env, tmp_path: Path) -
                  user=None)
     env.assert_nothing_left("13")
     assert pool.assignments(config) == []
+
+
+# --- QEMU's identity: the job owner ----------------------------------------------------
+
+@pytest.fixture
+def owner():
+    """A job owner for these tests: an account every Debian system has (not root)."""
+    return identity.of_owner("nobody")
+
+
+def share(origin: str, path: str, readonly: bool = False):
+    from vtorque.vm.shares import ShareSpec
+    return ShareSpec(f"vtshare-{origin}", path, path, readonly, origin)
+
+
+def test_qemu_runs_as_the_owner_and_owns_its_files(env: Env, owner, tmp_path: Path) -> None:
+    plan = lifecycle.check("12", env.request("img=testguest,disk=1G"), env.config)
+    work = tmp_path / "work"
+    work.mkdir()
+    result = lifecycle.start(plan, env.config, owner=owner,
+                             shares=(share("workdir", str(work)),))
+    paths = env.paths("12")
+    dom = env.host._conn.lookupByName(result.guests[0].name)
+    xml = dom.XMLDesc(0)
+    assert f"<label>+{owner.uid}:+{owner.gid}</label>" in xml
+    assert f"<source dir='{work}'/>" in xml or f'<source dir="{work}"/>' in xml
+    st = os.lstat(paths.job_dir)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, owner.gid, 0o710)
+    for suffix, mode in ((".seed.iso", 0o400), (".data.raw", 0o600)):
+        st = (Path(paths.job_dir) / f"{result.guests[0].name}{suffix}").stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (owner.uid, owner.gid,
+                                                                     mode)
+    # /data's root directory is the owner's in the file system the node made.
+    import subprocess
+    data = Path(paths.job_dir) / f"{result.guests[0].name}.data.raw"
+    root_inode = subprocess.run(["/sbin/debugfs", "-R", "stat /", str(data)],
+                                capture_output=True, text=True, timeout=30).stdout
+    fields = root_inode.split()
+    assert fields[fields.index("User:") + 1] == str(owner.uid)
+    assert fields[fields.index("Group:") + 1] == str(owner.gid)
+    # Asked as the owner: libvirt's domain directory, the image's files, the state
+    # directory, the share.
+    asked = {(kind, path) for qemu, kind, path in env.checked if qemu == owner}
+    assert (identity.ENTER, identity.LIBVIRT_QEMU_DIR) in asked
+    assert (identity.LIST, str(work)) in asked
+    assert {k for k, p in asked if p.endswith("testguest.vmlinuz")} == {identity.READ}
+    start = next(e for e in Journal(paths.journal).entries() if e["event"] == "job-start")
+    assert start["qemu_uid"] == owner.uid and start["shares"] == [str(work)]
+    lifecycle.down("12", env.config)
+    env.assert_nothing_left("12")
+
+
+def test_a_working_directory_the_owner_cannot_read_is_the_users_fault(env: Env, owner,
+                                                                     tmp_path: Path) -> None:
+    plan = lifecycle.check("12", env.request("img=testguest"), env.config)
+    env.unusable.add("/work/secret")
+    with pytest.raises(Unsupported, match="working directory '/work/secret' is not readable"):
+        lifecycle.start(plan, env.config, owner=owner,
+                        shares=(share("workdir", "/work/secret"),))
+    env.assert_nothing_left("12")
+
+
+def test_a_home_or_site_share_the_owner_cannot_read_is_left_out(env: Env, owner,
+                                                               tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    env.unusable.update({"/home/nowhere", str(site)})
+    plan = lifecycle.check("12", env.request("img=testguest"), env.config)
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    result = lifecycle.start(plan, env.config, owner=owner, shares=(
+        share("home", "/home/nowhere"), share("site", str(site)), share("site", str(kept))))
+    xml = env.host._conn.lookupByName(result.guests[0].name).XMLDesc(0)
+    assert str(kept) in xml and str(site) + "'" not in xml and "/home/nowhere" not in xml
+    assert "vtshare0" in xml          # tags numbered afresh
+
+
+def test_a_site_share_missing_on_the_node_is_the_nodes_fault(env: Env, owner) -> None:
+    env.unusable.add("/no/such/share")
+    plan = lifecycle.check("12", env.request("img=testguest"), env.config)
+    with pytest.raises(NodeError, match="share /no/such/share .*batch.shares.* not a "
+                                        "directory"):
+        lifecycle.start(plan, env.config, owner=owner,
+                        shares=(share("site", "/no/such/share"),))
+    env.assert_nothing_left("12")
+
+
+def test_libvirts_domain_directory_must_be_reachable(env: Env, owner) -> None:
+    env.unusable.add(identity.LIBVIRT_QEMU_DIR)
+    plan = lifecycle.check("12", env.request("img=testguest"), env.config)
+    with pytest.raises(NodeError, match="cannot enter /var/lib/libvirt/qemu .*chmod o\\+x"):
+        lifecycle.start(plan, env.config, owner=owner)
+    env.assert_nothing_left("12")
+
+
+def test_kvm_needs_a_dev_kvm_the_owner_can_use(env: Env, owner, monkeypatch) -> None:
+    monkeypatch.setattr(node, "domain_type", lambda _hv: "kvm")
+    monkeypatch.setattr(identity, "kvm_problem", lambda _q: "/dev/kvm (mode 0660) is not "
+                        "usable")
+    plan = lifecycle.check("12", env.request("img=testguest"), env.config)
+    with pytest.raises(NodeError, match="/dev/kvm"):
+        lifecycle.start(plan, env.config, owner=owner)
+    env.assert_nothing_left("12")
+
+
+def test_without_an_owner_no_share_is_mounted(env: Env, tmp_path: Path) -> None:
+    plan = lifecycle.check("12", env.request("img=testguest"), env.config)
+    result = lifecycle.start(plan, env.config, shares=(share("site", str(tmp_path)),))
+    xml = env.host._conn.lookupByName(result.guests[0].name).XMLDesc(0)
+    assert "<filesystem" not in xml.replace("hostroot", "")
+    assert f"+{QEMU_UID}:+{QEMU_GID}" in xml
+
+
+def test_osv_guests_take_no_data_disk_and_need_their_kernel(env: Env, pool_dir: Path,
+                                                           monkeypatch) -> None:
+    import hashlib
+    disk = pool_dir / "osvimg.raw"
+    disk.write_bytes(b"\x00" * 4096)
+    disk.chmod(0o644)
+    digest = hashlib.sha256(disk.read_bytes()).hexdigest()
+    (pool_dir / "osvimg.yaml").write_text(
+        f"name: osvimg\nkind: osv\ndistro: osv\narch: x86_64\n"
+        f"disk: {{file: osvimg.raw, format: raw, sha256: '{digest}'}}\n")
+    networked = config_mod.load(str(env.config_path))
+    import dataclasses
+    networked = dataclasses.replace(networked, network=dataclasses.replace(
+        networked.network, mode="network"))
+    with pytest.raises(Unsupported, match="OSv mounts no data disk"):
+        lifecycle.check("12", parse_request("img=osvimg,disk=1G", networked), networked)
+    with pytest.raises(ImageError, match="needs kernel and cmdline"):
+        lifecycle.check("12", parse_request("img=osvimg", networked), networked)
+
+
+def test_an_unreadable_outer_share_leaves_the_inner_ones(env: Env, owner,
+                                                       tmp_path: Path) -> None:
+    """A site /home the owner may only traverse cannot be a share root; the owner's own
+    home inside it is then shared by itself."""
+    homes = tmp_path / "homes"
+    (homes / "u").mkdir(parents=True)
+    env.unusable.add(str(homes))
+    plan = lifecycle.check("12", env.request("img=testguest"), env.config)
+    from vtorque.vm.shares import plan_shares
+    asked = plan_shares(workdir=None, home=str(homes / "u"), site=((str(homes), False),))
+    result = lifecycle.start(plan, env.config, owner=owner, shares=asked)
+    xml = env.host._conn.lookupByName(result.guests[0].name).XMLDesc(0)
+    assert f"dir='{homes}/u'" in xml or f'dir="{homes}/u"' in xml
+    assert f"dir='{homes}'" not in xml and f'dir="{homes}"' not in xml

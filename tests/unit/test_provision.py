@@ -14,6 +14,7 @@ from vtorque.batch.base import JobContext, node_index
 from vtorque.cluster import handoff
 from vtorque.errors import HypervisorError, ImageError, NodeError, RequestError
 from vtorque.mpi.hostfile import GuestEntry
+from vtorque.mpi.sshkeys import KeyScope
 from vtorque.outcome import ABORT, OTHER_NODES, REQUEUE, THIS_NODE, USER, Outcome
 from vtorque.prologue import guests, provision
 from vtorque.vm import lifecycle
@@ -26,7 +27,7 @@ def context(nodes: tuple[str, ...] = ("n1", "n2"), vm: str | None = "vcpus=1",
     return JobContext(scheduler="torque", job_id=JOB, user=user, group="hpc",
                       job_name="vmjob", queue="batch", nodes=nodes,
                       slots=tuple(2 for _ in nodes), vm_request=vm, workdir="/home/alice",
-                      run_count=run_count)
+                      run_count=run_count, created=1796170623, uid=1001)
 
 
 @pytest.fixture
@@ -54,9 +55,10 @@ class Recorder:
 
     def bring_up(self, job_id: str, request: Any, config: Any, *, user: str | None,
                  node_index: int = 0, node_count: int = 1, node: str | None = None,
-                 run: int = 0) -> Any:
+                 run: int = 0, workdir: str | None = None, keys: Any = None) -> Any:
         self.up_calls.append({"job": job_id, "request": request, "user": user,
-                              "index": node_index, "count": node_count})
+                              "index": node_index, "count": node_count,
+                              "workdir": workdir, "keys": keys})
         if self.error is not None:
             raise self.error
         vms = request.vms_per_node
@@ -73,7 +75,7 @@ class Recorder:
         return []
 
     def write_user_files(self, job_id: str, config: Any, user: str, entries: list,
-                         kind: str = "linux") -> str:
+                         keys: Any, kind: str = "linux") -> str:
         self.user_files.append((job_id, user, len(entries)))
         return "/nowhere"
 
@@ -205,6 +207,9 @@ def test_sister_success_runs_and_publishes_ready(sister_config: Any, fake: Recor
     assert outcome == Outcome.run()
     assert fake.up_calls[0]["index"] == 1 and fake.up_calls[0]["count"] == 2
     assert fake.up_calls[0]["user"] == "alice"
+    # The guests share the job's working directory; the keys are this job's alone.
+    assert fake.up_calls[0]["workdir"] == "/home/alice"
+    assert fake.up_calls[0]["keys"] == KeyScope(JOB, 1001, 1796170623)
     assert fake.up_calls[0]["request"].vcpus == 2
     # Published under the job's spelling of this node's name.
     assert handoff.read(sister_config, JOB, "n2") is None

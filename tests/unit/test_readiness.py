@@ -177,3 +177,18 @@ def test_console_tail_reads_only_the_end(tmp_path: Path) -> None:
     assert tail.endswith("last")
     assert "FIRST" not in tail
     assert len(tail) <= readiness.TAIL_BYTES + len(" | ")
+
+
+def test_a_ready_osv_guest_gets_its_host_name(make_specs, tmp_path: Path) -> None:
+    """OSv takes no host name from its command line: vtorque sets it through the REST API
+    once the guest answers (real OSv: POST /os/hostname?name=...)."""
+    from tests.standins.osv_server import OsvStandin
+    from vtorque.errors import GuestError
+    from vtorque.vm.readiness import osv_set_hostname
+    spec = make_specs("osv", network={"mode": "network"})[0]
+    with OsvStandin(str(tmp_path / "guest")) as guest:
+        spec = replace(spec, ready_url=f"http://{guest.address}:{guest.port}/os/version")
+        osv_set_hostname(spec)
+        assert guest.hostname == spec.hostname == "vt12-0"
+    with pytest.raises(GuestError, match="setting its host name .* failed"):
+        osv_set_hostname(spec, timeout=0.5, attempts=2)        # the guest is gone

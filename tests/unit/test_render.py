@@ -20,11 +20,15 @@ from pathlib import Path
 import pytest
 
 from vtorque.vm.render import domain_xml
-from vtorque.vm.spec import METADATA_NS, DiskSpec, NicSpec
+from vtorque.vm.shares import ShareSpec
+from vtorque.vm.spec import DATA_SERIAL, METADATA_NS, DiskSpec, NicSpec
 
 GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("VTORQUE_REGEN_GOLDEN") == "1"
 NS = {"vt": METADATA_NS}
+SHARES = (ShareSpec("vtshare0", "/home/u", "/home/u", False, "home"),
+          ShareSpec("vtshare1", "/home/u/work dir", "/home/u/work dir", False, "workdir"),
+          ShareSpec("vtshare2", "/opt/site", "/opt/site", True, "site"))
 
 
 def check_golden(name: str, xml: str) -> ET.Element:
@@ -72,16 +76,30 @@ def test_golden_linux_overlay_scratch_seed_bridge_pinning(make_specs, fixed) -> 
     specs = make_specs("linux", "vcpus=2,ram=2G,vms_per_node=2,disk=10G,vcpu_pinning=yes",
                        network={"mode": "bridge", "bridge": "br-hpc"},
                        host_reserve={"cores": 2})
-    spec = specs[0]
+    # The job's shares (its working directory, the owner's home, a read-only site share)
+    # and QEMU under the owner's identity.
+    spec = replace(specs[0], shares=SHARES, qemu_uid=4242, qemu_gid=4343, owner_uid=4242,
+                   owner_gid=4343)
     root = check_golden("linux-overlay-scratch-bridge-pinned.xml", domain_xml(spec))
+    assert root.find("seclabel/label").text == "+4242:+4343"
+    assert root.find("seclabel").get("relabel") == "no"
+    shares = [(f.get("accessmode"), f.get("multidevs"), f.find("driver").get("type"),
+               f.find("source").get("dir"), f.find("target").get("dir"),
+               f.find("readonly") is not None)
+              for f in root.findall("devices/filesystem")]
+    assert shares == [("passthrough", "remap", "path", "/home/u", "vtshare0", False),
+                      ("passthrough", "remap", "path", "/home/u/work dir", "vtshare1", False),
+                      ("passthrough", "remap", "path", "/opt/site", "vtshare2", True)]
     assert root.get("type") == "kvm"
     assert root.find("cpu").get("mode") == "host-passthrough"
     assert root.find("os/kernel") is None and root.find("os/boot").get("dev") == "hd"
     assert [(p.get("vcpu"), p.get("cpuset")) for p in root.findall("cputune/vcpupin")] == \
         [("0", "2"), ("1", "3")]
     assert disks_of(root) == [(spec.overlay.path, "qcow2", "vda", False),
-                              (spec.scratch.path, "qcow2", "vdb", False),
+                              (spec.scratch.path, "raw", "vdb", False),
                               (spec.seed.path, "raw", "vdc", True)]
+    assert [d.findtext("serial") for d in root.findall("devices/disk")] == \
+        [None, DATA_SERIAL, None]
     nic = root.find("devices/interface")
     assert nic.get("type") == "bridge"
     assert nic.find("source").get("bridge") == "br-hpc"
@@ -103,6 +121,28 @@ def test_golden_osv_with_network(make_specs) -> None:
     assert nic.find("source").get("network") == "vtnet"
     assert nic.find("mac").get("address") == spec.nic.mac
     assert root.find("metadata/vt:job", NS).get("image") == "osv-hello"
+
+
+def test_golden_osv_direct_kernel_boot(make_specs, fixed) -> None:
+    """OSv booted with its own kernel: the loader's command line carries the guest's
+    address (OSv has no other way to learn a static one); the disk is still its root."""
+    from vtorque.vm.addresses import AddressBlock
+    image = replace(fixed.image("osv"), kernel=fixed.image("kernel").kernel,
+                    cmdline="--rootfs=rofs --power-off-on-abort /libhttpserver-api.so")
+    block = AddressBlock("12.server", first=(10 << 24) | (7 << 8) | 16, size=1, prefix=24,
+                         gateway="10.0.7.1")
+    spec = make_specs("osv", network={"mode": "network", "name": "vtnet",
+                                      "subnet": "10.0.7.0/24", "gateway": "10.0.7.1"},
+                      image=image, addresses=block, domain_type="qemu")[0]
+    root = check_golden("osv-direct-kernel.xml", domain_xml(spec))
+    assert root.findtext("os/kernel") == image.kernel.path
+    assert root.find("os/initrd") is None and root.find("os/boot") is None
+    assert root.findtext("os/cmdline") == (
+        "--rootfs=rofs --power-off-on-abort --ip=eth0,10.0.7.16,255.255.255.0 "
+        "--defaultgw=10.0.7.1 /libhttpserver-api.so")
+    assert root.find("os/type").get("machine") == "pc"
+    assert disks_of(root) == [(spec.overlay.path, "qcow2", "vda", False)]
+    assert root.find("devices/filesystem") is None
 
 
 def test_golden_vfio_function_and_an_isolated_nic(make_specs) -> None:
@@ -143,7 +183,7 @@ def test_osv_guests_get_the_sites_mtu_too(make_specs) -> None:
 def test_golden_files_are_all_used() -> None:
     assert sorted(p.name for p in GOLDEN.glob("*.xml")) == [
         "kernel-no-network.xml", "linux-overlay-scratch-bridge-pinned.xml",
-        "linux-vfio-isolated-nic.xml", "osv-network.xml"]
+        "linux-vfio-isolated-nic.xml", "osv-direct-kernel.xml", "osv-network.xml"]
 
 
 NASTY = "1<x>&\"' ]]> <!-- --> &amp;"
@@ -159,7 +199,8 @@ def test_metacharacters_are_escaped(make_specs, kind: str) -> None:
         cmdline=None if spec.cmdline is None else spec.cmdline + " x=" + NASTY,
         nic=NicSpec("network", "net&<'\">", spec.nic.mac, 1500),
         overlay=replace(spec.overlay, path=f"/j/{NASTY}.qcow2") if spec.overlay else None,
-        seed=DiskSpec(f"/j/{NASTY}.iso", "raw", "vdb", True) if spec.seed else None)
+        seed=DiskSpec(f"/j/{NASTY}.iso", "raw", "vdb", True) if spec.seed else None,
+        shares=(ShareSpec("vtshare0", f"/w/{NASTY}", f"/w/{NASTY}", False, "workdir"),))
     xml = domain_xml(spec)
     assert "<x>" not in xml
     root = ET.fromstring(xml)  # well-formed despite the values
@@ -177,6 +218,8 @@ def test_metacharacters_are_escaped(make_specs, kind: str) -> None:
         assert f"/j/{NASTY}.iso" in files
     if spec.cmdline:
         assert root.findtext("os/cmdline") == spec.cmdline
+    assert [f.find("source").get("dir") for f in root.findall("devices/filesystem")] == \
+        [f"/w/{NASTY}"]
     # Nothing injected: exactly the elements the template writes.
     assert len(root.findall("devices/interface")) == 1
     assert len(root.findall("metadata/*")) == 1
@@ -196,3 +239,24 @@ def test_the_template_decides_nothing(make_specs, kind: str) -> None:
     assert changed.find("os/type").get("arch") == "aarch64"
     assert changed.find("cpu") is None
     assert (changed.find("devices/rng") is not None) == (not spec.rng)
+
+
+def test_shares_data_disk_and_osv_kernel_are_valid_libvirt_xml(make_specs, fixed,
+                                                                tmp_path: Path) -> None:
+    """libvirt's own schema (virt-xml-validate) accepts the 9p shares, the data disk's
+    serial and OSv's direct kernel boot."""
+    import shutil
+    import subprocess
+    validate = shutil.which("virt-xml-validate")
+    assert validate, "scripts/setup installs libvirt-clients (virt-xml-validate)"
+    linux = replace(make_specs("linux", "disk=1G", network={"mode": "network"})[0],
+                    shares=SHARES)
+    osv_image = replace(fixed.image("osv"), kernel=fixed.image("kernel").kernel,
+                        cmdline="--rootfs=rofs /libhttpserver-api.so")
+    osv = make_specs("osv", network={"mode": "network"}, image=osv_image)[0]
+    for name, spec in (("linux", linux), ("osv", osv)):
+        path = tmp_path / f"{name}.xml"
+        path.write_text(domain_xml(spec))
+        done = subprocess.run([validate, str(path), "domain"], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, (name, done.stdout + done.stderr)

@@ -16,7 +16,9 @@ import yaml
 
 from vtorque.errors import Unsupported
 from vtorque.ibverbs.transport import RXE_COMMANDS
+from vtorque.vm import mounts
 from vtorque.vm import seed as seed_mod
+from vtorque.vm.shares import ShareSpec
 from vtorque.vm.seed import SeedExtras, seed_documents, write_seed_iso
 from vtorque.vm.spec import GuestSpec
 
@@ -364,7 +366,7 @@ def test_write_seed_iso_reads_back(tmp_path: Path, make_specs) -> None:
     assert yaml.safe_load(by_rr["user-data"])["hostname"] == spec.hostname
     assert yaml.safe_load(by_rr["meta-data"])["instance-id"] == spec.name
     st = os.stat(path)
-    assert stat.S_IMODE(st.st_mode) == 0o640
+    assert stat.S_IMODE(st.st_mode) == 0o400     # it holds the guest's private host key
     assert os.listdir(tmp_path / "job") == ["seed.iso"]  # no temp file left
 
 
@@ -374,13 +376,15 @@ def test_write_seed_iso_mode_ignores_umask(tmp_path: Path) -> None:
         write_seed_iso(str(tmp_path / "s.iso"), {"meta-data": "a: 1\n"})
     finally:
         os.umask(old)
-    assert stat.S_IMODE(os.stat(tmp_path / "s.iso").st_mode) == 0o640
+    assert stat.S_IMODE(os.stat(tmp_path / "s.iso").st_mode) == 0o400
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="chgrp to another group needs root")
-def test_write_seed_iso_group(tmp_path: Path) -> None:
-    write_seed_iso(str(tmp_path / "s.iso"), {"meta-data": "a: 1\n"}, gid=NOBODY_GID)
-    assert os.stat(tmp_path / "s.iso").st_gid == NOBODY_GID
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_write_seed_iso_belongs_to_the_guests_qemu_identity(tmp_path: Path) -> None:
+    write_seed_iso(str(tmp_path / "s.iso"), {"meta-data": "a: 1\n"}, uid=4242,
+                   gid=NOBODY_GID)
+    st = os.stat(tmp_path / "s.iso")
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (4242, NOBODY_GID, 0o400)
 
 
 def test_write_seed_iso_replaces_a_planted_symlink(tmp_path: Path) -> None:
@@ -402,3 +406,87 @@ def test_write_seed_iso_refuses_a_planted_temp_symlink(tmp_path: Path) -> None:
         write_seed_iso(str(tmp_path / "seed.iso"), {"meta-data": "a: 1\n"})
     assert victim.read_text() == "precious"
     assert not (tmp_path / "seed.iso").exists()
+
+
+# --- the job's shares and /data ---------------------------------------------------------
+
+SHARES = (ShareSpec("vtshare0", "/lustre/home/alice", "/lustre/home/alice", False, "home"),
+          ShareSpec("vtshare1", "/scratch/a b", "/scratch/a b", True, "site"))
+
+
+def with_mounts(spec: GuestSpec) -> GuestSpec:
+    return replace(spec, shares=SHARES, owner_uid=23456, owner_gid=23457)
+
+
+def test_shares_and_data_are_mounted_in_the_first_stage(make_specs) -> None:
+    """bootcmd, after the owner's group and before users-groups makes the account: a
+    shared home is there when the account is created, and nothing writes into it as
+    root."""
+    spec = with_mounts(make_specs("linux", "disk=1G")[0])
+    user = user_data(seed_documents(spec, SeedExtras(**OWNER)))
+    group, mount = user["bootcmd"]
+    assert "groupadd -g 23457" in group[2]
+    assert mount[:2] == ["sh", "-c"]
+    script = mount[2]
+    assert ("mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=mmap,"
+            "nosuid,nodev vtshare0 /lustre/home/alice") in script
+    assert "nodev,ro vtshare1 '/scratch/a b'" in script
+    assert script.index("vtshare0") < script.index("vtshare1")
+    assert "vtorque-data" in script and "mount -t ext4 -o nosuid,nodev" in script
+    assert "mountpoint -q /data" in check_of(user)
+    docs = seed_documents(spec, SeedExtras(**OWNER))
+    assert docs[mounts.TEST_GUEST_FILE] == (
+        "9p vtshare0 rw /lustre/home/alice\n9p vtshare1 ro /scratch/a b\n"
+        "data vtorque-data - /data\n")
+
+
+def test_no_mounts_no_bootcmd_step(make_specs) -> None:
+    spec = make_specs("linux")[0]
+    assert "bootcmd" not in user_data(seed_documents(spec))
+    assert mounts.TEST_GUEST_FILE not in seed_documents(spec)
+
+
+def test_hostile_share_paths_stay_words(make_specs, tmp_path: Path) -> None:
+    """A working directory named like shell code is only ever a word (the guest's root
+    runs this script)."""
+    evil = "/w/$(touch pwned)`touch pwned2`;touch pwned3"
+    spec = replace(make_specs("linux")[0],
+                   shares=(ShareSpec("vtshare0", evil, evil, False, "workdir"),))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("modprobe", "mkdir"):
+        (bin_dir / tool).write_text("#!/bin/sh\nexit 0\n")
+        (bin_dir / tool).chmod(0o755)
+    (bin_dir / "mount").write_text('#!/bin/sh\necho "mount: $# args, last: $6" >&2; '
+                                   "exit 32\n")
+    (bin_dir / "mount").chmod(0o755)
+    log = tmp_path / "mounts.log"
+    script = mounts.mount_script(spec).replace(mounts.MOUNT_LOG, str(log))
+    subprocess.run(["/bin/sh", "-c", script], env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+                   cwd=tmp_path, timeout=30, check=False)
+    assert log.read_text() == f"{evil}: mount: 6 args, last: {evil}\n"
+    assert not list(tmp_path.glob("pwned*"))
+
+
+def test_check_reports_a_share_that_is_not_mounted(make_specs, guest: FakeGuest,
+                                                   monkeypatch) -> None:
+    log = guest.dir / "mounts.log"
+    log.write_text("/scratch/a b: mount: unknown filesystem type '9p'\n")
+    monkeypatch.setattr(mounts, "MOUNT_LOG", str(log))
+    guest.tool("mountpoint", 'case "$2" in /lustre/home/alice) exit 0 ;; esac; exit 1')
+    spec = with_mounts(make_specs("linux")[0])
+    out = guest.run(check_of(user_data(seed_documents(spec))))
+    assert out == ("vtorque-error share: /scratch/a b is not mounted: /scratch/a b: mount: "
+                   "unknown filesystem type '9p'\n")
+
+
+def test_check_wants_data_owned_by_the_owner(make_specs, guest: FakeGuest) -> None:
+    guest.tool("mountpoint", "exit 0")
+    guest.tool("stat", '[ "$2 $3" = "%u /data" ] && { echo "$FAKE_DATA_UID"; exit 0; }; '
+               'exec /usr/bin/stat "$@"')
+    spec = replace(make_specs("linux", "disk=1G")[0], owner_uid=23456, owner_gid=23457)
+    script = check_of(user_data(seed_documents(spec)))
+    assert guest.run(script, FAKE_DATA_UID="0") == \
+        "vtorque-error data disk: /data is not owned by uid 23456\n"
+    guest.console.write_text("")
+    assert guest.run(script, FAKE_DATA_UID="23456") == spec.ready_line + "\n"

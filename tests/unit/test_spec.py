@@ -12,12 +12,16 @@ from hypothesis import strategies as st
 
 from vtorque.journal import JobPaths, job_key
 from vtorque.request import parse_request
+from vtorque.vm.addresses import AddressBlock
+from vtorque.vm.shares import ShareSpec
 from vtorque.vm.spec import (
+    DATA_SERIAL,
     READY_PREFIX,
     build_guest_specs,
     domain_name,
     hostname,
     mac_address,
+    osv_cmdline,
     pinned_cores,
 )
 
@@ -103,8 +107,11 @@ def test_linux_guests_with_overlay_scratch_and_seed(make_specs, fixed) -> None:
     assert first.overlay.path == os.path.join(paths.job_dir, first.name + ".qcow2")
     assert (first.overlay.format, first.overlay.target) == ("qcow2", "vda")
     assert (first.base_image, first.base_format) == (f"{fixed.pool}/deb12.qcow2", "qcow2")
-    assert first.scratch.path == os.path.join(paths.job_dir, first.name + ".scratch.qcow2")
+    assert first.scratch.path == os.path.join(paths.job_dir, first.name + ".data.raw")
     assert (first.scratch.target, first.scratch_mib) == ("vdb", 2048)
+    # Raw: the node writes the ext4 file system straight into it; the guest finds it by
+    # its serial, not by a device name the guest may number differently.
+    assert (first.scratch.format, first.scratch.serial) == ("raw", DATA_SERIAL)
     assert first.seed.path == os.path.join(paths.job_dir, first.name + ".seed.iso")
     assert (first.seed.format, first.seed.target, first.seed.readonly) == ("raw", "vdc", True)
     assert first.console_log == os.path.join(paths.job_dir, first.name + ".console.log")
@@ -245,3 +252,65 @@ def test_every_node_derives_the_same_guests(make_specs) -> None:
     assert len({s.name for s in node0 + node1}) == 4
     assert [(s.name, s.hostname, s.nic.mac) for s in node1] == \
         [(s.name, s.hostname, s.nic.mac) for s in again]
+
+
+# --- OSv direct kernel boot, shares, the owner -------------------------------------------
+
+OSV_OPTIONS = "--rootfs=rofs --power-off-on-abort /libhttpserver-api.so"
+
+
+def test_osv_cmdline_puts_the_address_among_the_loader_options() -> None:
+    """OSv waits for DHCP forever without --ip: each guest's address goes between the
+    loader's options and the command, which OSv reads as the program to run."""
+    from vtorque.vm.spec import NicSpec
+    nic = NicSpec("network", "vtorque", "52:54:00:00:00:01", 1500, "192.168.122.61", 24,
+                  "192.168.122.1")
+    assert osv_cmdline(OSV_OPTIONS, nic) == (
+        "--rootfs=rofs --power-off-on-abort --ip=eth0,192.168.122.61,255.255.255.0 "
+        "--defaultgw=192.168.122.1 /libhttpserver-api.so")
+    no_gw = NicSpec("network", "v", "52:54:00:00:00:01", 1500, "10.1.2.3", 16, None)
+    assert osv_cmdline(OSV_OPTIONS, no_gw).split()[2:4] == [
+        "--ip=eth0,10.1.2.3,255.255.0.0", "/libhttpserver-api.so"]
+    assert osv_cmdline(OSV_OPTIONS, None) == OSV_OPTIONS
+    assert osv_cmdline("--nomount", nic).endswith("--defaultgw=192.168.122.1")
+
+
+def test_osv_guest_boots_the_images_kernel_directly(make_specs, fixed) -> None:
+    image = replace(fixed.image("osv"),
+                    kernel=fixed.image("kernel").kernel, cmdline=OSV_OPTIONS)
+    import ipaddress
+    block = AddressBlock("12.server", int(ipaddress.IPv4Address("192.168.122.61")), 2, 24,
+                         "192.168.122.1")
+    spec = make_specs("osv", network={"mode": "network"}, image=image, addresses=block)[0]
+    assert spec.kernel == image.kernel.path and spec.initrd is None
+    assert f"--ip=eth0,{spec.nic.address},255.255.255.0" in spec.cmdline.split()
+    assert spec.cmdline.split()[-1] == "/libhttpserver-api.so"
+    assert spec.overlay is not None              # its root file system stays the disk
+    assert spec.machine == "pc" and spec.shares == ()
+
+
+SHARES = (ShareSpec("vtshare0", "/home/u", "/home/u", False, "home"),
+          ShareSpec("vtshare1", "/scratch", "/scratch", True, "site"))
+
+
+def specs_with(make_config, fixed, kind: str, **extra):
+    cfg = make_config()
+    request = parse_request("vms_per_node=2,disk=1G", cfg)
+    return build_guest_specs(paths=JobPaths.for_job("7", fixed.state, fixed.ramdisk),
+                             request=request, image=fixed.image(kind), config=cfg,
+                             domain_type="qemu", first_rank=0, tokens=["a", "b"],
+                             qemu_uid=4242, qemu_gid=4343, **extra)
+
+
+@pytest.mark.parametrize("kind", ["linux", "kernel"])
+def test_linux_guests_mount_the_shares_and_know_the_owner(make_config, fixed,
+                                                          kind: str) -> None:
+    plain = specs_with(make_config, fixed, kind)
+    assert all(s.shares == () and s.owner_uid is None for s in plain)
+    specs = specs_with(make_config, fixed, kind, shares=SHARES, owner=(4242, 4343))
+    assert all(s.shares == SHARES for s in specs)
+    assert {(s.owner_uid, s.owner_gid) for s in specs} == {(4242, 4343)}
+
+
+def test_osv_guests_mount_no_shares(make_config, fixed) -> None:
+    assert specs_with(make_config, fixed, "osv", shares=SHARES)[0].shares == ()

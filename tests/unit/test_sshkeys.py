@@ -25,6 +25,11 @@ OTHER = b"t" * 32
 SSH_KEYGEN = "/usr/bin/ssh-keygen"
 
 
+def scope(job_id: str) -> sshkeys.KeyScope:
+    """One job's key scope (uid and creation time fixed: only the id varies here)."""
+    return sshkeys.KeyScope(job_id, 1001, 1_700_000_000)
+
+
 def raw_private(pair: sshkeys.KeyPair) -> bytes:
     key = serialization.load_ssh_private_key(pair.private_openssh.encode(), password=None)
     assert isinstance(key, Ed25519PrivateKey)
@@ -41,23 +46,24 @@ def public_of(pair: sshkeys.KeyPair) -> str:
 # --- derivation -----------------------------------------------------------------------------
 
 def test_same_secret_and_job_give_the_same_keys() -> None:
-    a, b = sshkeys.user_key(SECRET, "12.head"), sshkeys.user_key(SECRET, "12.head")
+    a, b = sshkeys.user_key(SECRET, scope("12.head")), sshkeys.user_key(SECRET, scope("12.head"))
     assert a.public == b.public
     assert raw_private(a) == raw_private(b)
-    h1, h2 = sshkeys.host_key(SECRET, "12.head", 3), sshkeys.host_key(SECRET, "12.head", 3)
+    h1 = sshkeys.host_key(SECRET, scope("12.head"), 3)
+    h2 = sshkeys.host_key(SECRET, scope("12.head"), 3)
     assert h1.public == h2.public and raw_private(h1) == raw_private(h2)
 
 
 def test_keys_differ_by_job_rank_secret_and_purpose() -> None:
     publics = {
-        sshkeys.user_key(SECRET, "12.head").public,
-        sshkeys.user_key(SECRET, "13.head").public,
-        sshkeys.user_key(SECRET, "12.other").public,
-        sshkeys.user_key(OTHER, "12.head").public,
-        sshkeys.host_key(SECRET, "12.head", 0).public,
-        sshkeys.host_key(SECRET, "12.head", 1).public,
-        sshkeys.host_key(SECRET, "13.head", 0).public,
-        sshkeys.host_key(OTHER, "12.head", 0).public,
+        sshkeys.user_key(SECRET, scope("12.head")).public,
+        sshkeys.user_key(SECRET, scope("13.head")).public,
+        sshkeys.user_key(SECRET, scope("12.other")).public,
+        sshkeys.user_key(OTHER, scope("12.head")).public,
+        sshkeys.host_key(SECRET, scope("12.head"), 0).public,
+        sshkeys.host_key(SECRET, scope("12.head"), 1).public,
+        sshkeys.host_key(SECRET, scope("13.head"), 0).public,
+        sshkeys.host_key(OTHER, scope("12.head"), 0).public,
     }
     assert len(publics) == 8
 
@@ -66,7 +72,7 @@ def test_keys_differ_by_job_rank_secret_and_purpose() -> None:
 @given(job=st.from_regex(r"[0-9][A-Za-z0-9.\[\]_-]{0,20}", fullmatch=True),
        rank=st.integers(0, 4095))
 def test_private_key_parses_and_matches_the_public_line(job: str, rank: int) -> None:
-    for pair in (sshkeys.user_key(SECRET, job), sshkeys.host_key(SECRET, job, rank)):
+    for pair in (sshkeys.user_key(SECRET, scope(job)), sshkeys.host_key(SECRET, scope(job), rank)):
         assert pair.private_openssh.startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
         assert pair.public.startswith("ssh-ed25519 ")
         assert public_of(pair) == pair.public
@@ -79,7 +85,7 @@ def test_private_key_parses_and_matches_the_public_line(job: str, rank: int) -> 
 
 @pytest.mark.skipif(not os.path.exists(SSH_KEYGEN), reason=f"{SSH_KEYGEN} not installed")
 def test_ssh_keygen_reads_the_private_key(tmp_path: Path) -> None:
-    for pair in (sshkeys.user_key(SECRET, "5.h"), sshkeys.host_key(SECRET, "5.h", 2)):
+    for pair in (sshkeys.user_key(SECRET, scope("5.h")), sshkeys.host_key(SECRET, scope("5.h"), 2)):
         path = tmp_path / "id_ed25519"
         path.write_text(pair.private_openssh)
         os.chmod(path, 0o600)
@@ -111,7 +117,8 @@ def test_read_secret_missing(tmp_path: Path) -> None:
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o602, 0o610, 0o660, 0o644])
 def test_read_secret_refuses_group_or_other_access(tmp_path: Path, mode: int) -> None:
     path = write_secret(tmp_path / "secret", mode=mode)
-    with pytest.raises(NodeError, match="owned by root with mode 0600"):
+    with pytest.raises(NodeError, match="site secret: .* (readable|writable) by group or "
+                                        "others"):
         sshkeys.read_secret(path)
 
 
@@ -119,7 +126,7 @@ def test_read_secret_refuses_group_or_other_access(tmp_path: Path, mode: int) ->
 def test_read_secret_refuses_a_file_not_owned_by_root(tmp_path: Path) -> None:
     path = write_secret(tmp_path / "secret")
     os.chown(path, 65534, 65534)
-    with pytest.raises(NodeError, match="owned by root"):
+    with pytest.raises(NodeError, match="owned by uid 65534, not root"):
         sshkeys.read_secret(path)
 
 
@@ -130,12 +137,28 @@ def test_read_secret_refuses_a_short_secret(tmp_path: Path) -> None:
     assert sshkeys.read_secret(write_secret(tmp_path / "ok", b"x" * 32)) == b"x" * 32
 
 
-def test_read_secret_never_follows_a_symlink(tmp_path: Path) -> None:
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_read_secret_never_follows_a_symlink_a_user_can_change(tmp_path: Path) -> None:
+    """A link root made in root's directory is root's choice; one a user owns in a
+    directory others can write (/tmp), or one into a user's directory, is refused."""
     target = write_secret(tmp_path / "real")
     link = tmp_path / "secret"
     link.symlink_to(target)
-    with pytest.raises(NodeError, match="cannot read site secret"):
-        sshkeys.read_secret(str(link))
+    assert sshkeys.read_secret(str(link)) == SECRET
+    sticky = tmp_path / "tmp"
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)
+    planted = sticky / "secret"
+    planted.symlink_to(target)
+    os.chown(planted, 65534, 65534, follow_symlinks=False)
+    with pytest.raises(NodeError, match="owned by uid 65534 in a directory others can"):
+        sshkeys.read_secret(str(planted))
+    users = tmp_path / "users"
+    users.mkdir()
+    os.chown(users, 65534, 65534)
+    (tmp_path / "via").symlink_to(users)
+    with pytest.raises(NodeError, match="owned by uid 65534, not root"):
+        sshkeys.read_secret(str(tmp_path / "via" / "secret"))
 
 
 def test_read_secret_refuses_a_directory(tmp_path: Path) -> None:

@@ -7,6 +7,13 @@ anything of (libvirt domains by their tag, job directories by their journal), as
 batch system about each, and cleans those it reports unknown or finished. A job it cannot
 ask about (server unreachable) is left alone: doubt keeps things, never deletes them.
 Run it at node boot and from cron (e.g. every 10 minutes): `vtorque reap`.
+
+The reaper acts as root on what it finds, so it trusts only what root made: the state
+directory is verified (files.resolve_trusted), a job directory counts only when it is
+root's real directory whose name is the job key of the id its journal names, and the
+journal only when root wrote it (journal_trusted). Anything else is reported and left
+alone: a user who plants a directory and a journal naming another user's job gets that
+job neither asked about nor cleaned.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from dataclasses import dataclass
 from vtorque.batch.base import BatchSystem
 from vtorque.config import Config
 from vtorque.errors import UnknownJobError, VtorqueError
-from vtorque.journal import Journal
+from vtorque.journal import Journal, job_key, journal_trusted
 from vtorque.log import node_logger
 
 # Scheduler states of jobs that are over (Torque/PBS letters, Slurm words). Any other
@@ -46,19 +53,43 @@ def local_jobs(config: Config) -> set[str]:
     jobs: set[str] = set()
     with Host(config.libvirt_uri) as host:
         jobs.update(d.job_id for d in host.tagged_domains(node=node_name(config.node_name)))
-    try:
-        entries = os.listdir(config.state_dir)
-    except FileNotFoundError:
-        entries = []
     jobs.update(pool.assigned_jobs(config))
-    for entry in entries:
-        if entry.startswith(".") or entry.endswith(".user"):
-            continue
-        for record in Journal(os.path.join(config.state_dir, entry, "journal.jsonl")).entries():
-            if isinstance(record.get("job_id"), str):
-                jobs.add(record["job_id"])
-                break
+    for entry in _job_entries(config):
+        job_id = journal_job(config, entry)
+        if job_id is not None:
+            jobs.add(job_id)
     return jobs
+
+
+def _job_entries(config: Config) -> list[str]:
+    """The names of the state directory's entries that may be job directories; NodeError
+    when the state directory itself is not trusted (nothing in it can be)."""
+    from vtorque.files import DIR, resolve_trusted
+    if not os.path.lexists(config.state_dir):
+        return []
+    root = resolve_trusted(config.state_dir, DIR)[0]
+    try:
+        entries = os.listdir(root)
+    except FileNotFoundError:
+        return []
+    return sorted(e for e in entries if not e.startswith(".") and not e.endswith(".user"))
+
+
+def journal_job(config: Config, entry: str) -> str | None:
+    """The job whose directory `entry` is, by a journal root wrote into a directory root
+    made, and only if the directory's name is that job's key; else None."""
+    from vtorque import jobid
+    from vtorque.errors import JobIdError
+    path = os.path.join(config.state_dir, entry, "journal.jsonl")
+    for record in Journal(path).entries(owner=os.geteuid()):
+        job_id = record.get("job_id")
+        if not isinstance(job_id, str):
+            continue
+        try:
+            return jobid.check(job_id) if job_key(job_id) == entry else None
+        except JobIdError:
+            return None
+    return None
 
 
 def reap(config: Config, batch: BatchSystem, *, dry_run: bool = False) -> list[Verdict]:
@@ -73,7 +104,8 @@ def reap(config: Config, batch: BatchSystem, *, dry_run: bool = False) -> list[V
     for job_id in sorted(local_jobs(config) | jobwide.jobs(config)):
         try:
             state = batch.job(job_id).state
-            alive = state is None or state.upper() not in FINISHED_STATES
+            alive = (state is None or not state.isascii()
+                     or state.upper() not in FINISHED_STATES)
             reason = f"batch system reports state {state}"
         except UnknownJobError:
             alive, reason = False, "unknown to the batch system"
@@ -98,20 +130,28 @@ def reap(config: Config, batch: BatchSystem, *, dry_run: bool = False) -> list[V
 
 def _empty_dirs(config: Config, dry_run: bool) -> list[Verdict]:
     """Job directories without a journal line, left by a prologue killed at once."""
+    import stat
     out = []
-    try:
-        entries = os.listdir(config.state_dir)
-    except FileNotFoundError:
-        return out
     now = time.time()
-    for entry in entries:
+    for entry in _job_entries(config):      # a .user directory goes with its job only
         path = os.path.join(config.state_dir, entry)
-        if entry.startswith(".") or entry.endswith(".user") or not os.path.isdir(path) \
-                or os.path.islink(path):
-            continue        # a .user directory goes with its job, never on its own
-        if Journal(os.path.join(path, "journal.jsonl")).entries():
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
             continue
-        if now - os.lstat(path).st_mtime < EMPTY_DIR_GRACE:
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            out.append(Verdict(entry, "kept", "not a directory root made: left alone"))
+            continue
+        journal = os.path.join(path, "journal.jsonl")
+        if os.path.lexists(journal):
+            if not journal_trusted(journal, os.geteuid()):
+                out.append(Verdict(entry, "kept", "a journal root did not write: left alone"))
+                continue
+            if Journal(journal).entries(owner=os.geteuid()):
+                continue    # its job was asked about
+        if now - st.st_mtime < EMPTY_DIR_GRACE:
             continue
         if not dry_run:
             from vtorque.files import remove_tree

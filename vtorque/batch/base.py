@@ -35,6 +35,8 @@ class JobContext:
     variables: Mapping[str, str] = field(default_factory=dict)
     state: str | None = None          # scheduler's own job state letter/word (R, E, C, F, ...)
     admin_note: str | None = None     # the note an admin (or vtorque) left on the job
+    uid: int | None = None            # the owner's uid, when the server names it (Slurm)
+    created: int | None = None        # the server's creation (submit) time, epoch seconds
 
     @property
     def is_vm_job(self) -> bool:
@@ -69,11 +71,16 @@ class BatchSystem(ABC):
         self.timeout = timeout
 
     def command(self, name: str) -> str:
-        """Absolute path of one of the scheduler's commands (never searched on PATH)."""
+        """Absolute path of one of the scheduler's commands (never searched on PATH).
+        As root, only a command nobody else can have changed (files.verify_path): root
+        runs it for every job."""
         path = os.path.join(self.bin_dir, name)
         if not is_executable(path):
             raise NodeError(f"{self.name}: {path} not found or not executable "
                             "(config key batch.bin_dir)")
+        if os.geteuid() == 0:
+            from vtorque.files import FILE, verify_path
+            verify_path(path, FILE)
         return path
 
     @abstractmethod
@@ -89,8 +96,10 @@ class BatchSystem(ABC):
     unknown_job_patterns: tuple[str, ...] = (r"unknown job id",)
 
     def query_env(self) -> dict[str, str]:
-        """The environment of every batch command: clean, plus what the scheduler needs."""
-        return proc.clean_env()
+        """The environment of every batch command: clean, plus what the scheduler needs.
+        TZ=UTC: times the server prints (a job's creation time) read the same on every
+        node, whatever each node's own time zone."""
+        return proc.clean_env(QUERY_ENV)
 
     def query(self, argv: Sequence[str], job_id: str) -> str:
         """Run a read-only job query (clean environment, self.timeout) and return stdout.
@@ -119,11 +128,42 @@ class BatchSystem(ABC):
 
 # --- helpers shared by the adapters -----------------------------------------------------------
 
+QUERY_ENV = {"TZ": "UTC"}
+
+
+class JsonObject(dict):
+    """A JSON object as read by load_json: `repeated` names every key it held twice."""
+    repeated: frozenset[str] = frozenset()
+
+
+def _pairs(pairs: list[tuple[str, object]]) -> JsonObject:
+    obj = JsonObject()
+    repeated = set()
+    for key, value in pairs:
+        if key in obj:
+            repeated.add(key)
+        obj[key] = value
+    obj.repeated = frozenset(repeated)
+    return obj
+
+
+def load_json(text: str, **kwargs):
+    """json.loads, except that no repeated key is lost silently: each object is a
+    JsonObject naming the keys it held more than once (the caller decides which of them
+    matter). ValueError as json.loads."""
+    import json
+    return json.loads(text, object_pairs_hook=_pairs, **kwargs)
+
+
+def repeated(obj: object) -> frozenset[str]:
+    """The keys a JSON object from load_json held twice (none for anything else)."""
+    return obj.repeated if isinstance(obj, JsonObject) else frozenset()
+
 # A host name as batch systems print it in exec_host / node lists. No leading '-' (it is
 # passed to pbsnodes as an argument), no '/', ':', spaces or control characters.
 _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 # A user or group name as batch servers print it (Job_Owner, euser, UserId).
-USER_NAME = re.compile(r"[A-Za-z0-9_][^\s/:\x00-\x1f\x7f]{0,255}")
+USER_NAME = re.compile(r"[A-Za-z0-9_][^\s/:\x00-\x1f\x7f-\x9f\u2028\u2029]{0,255}")
 NOTE_PREFIX = "vtorque: "
 NOTE_MAX = 200
 
@@ -172,7 +212,7 @@ def pick_job(reported: Sequence[str], job_id: str) -> str | None:
     return None
 
 
-_ID_RANGE = re.compile(r"(\d{1,9})(?:-(\d{1,9}))?")
+_ID_RANGE = re.compile(r"([0-9]{1,9})(?:-([0-9]{1,9}))?")
 
 
 def count_id_ranges(text: str) -> int:

@@ -10,7 +10,8 @@ from vtorque.errors import NodeError
 from vtorque.text import one_line
 
 HOSTLIST_MAX = 65536                # more hosts than any allocation: a broken expression
-_RANGE = re.compile(r"(\d{1,9})(?:-(\d{1,9}))?")
+_RANGE = re.compile(r"([0-9]{1,9})(?:-([0-9]{1,9}))?")
+_SEPARATORS = frozenset(", \t\r\n")
 
 
 def expand_hostlist(text: str, limit: int = HOSTLIST_MAX) -> list[str]:
@@ -44,7 +45,7 @@ def _split_top(text: str) -> list[str]:
             depth -= 1
             if depth < 0:
                 raise NodeError(f"slurm: unbalanced ']' in host list {one_line(text, 80)!r}")
-        if depth == 0 and (char == "," or char.isspace()):
+        if depth == 0 and char in _SEPARATORS:
             if buf:
                 parts.append("".join(buf))
             buf = []

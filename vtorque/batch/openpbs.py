@@ -12,17 +12,32 @@ import json
 from typing import Any
 
 from vtorque import jobid
-from vtorque.batch.base import BatchSystem, JobContext, check_node_name, node_note, pick_job
-from vtorque.batch.pbs import context_from_attrs, parse_variable_list
+from vtorque.batch.base import (
+    BatchSystem,
+    JobContext,
+    check_node_name,
+    load_json,
+    node_note,
+    pick_job,
+    repeated,
+)
+from vtorque.batch.pbs import context_from_attrs, parse_variable_list, refuse_repeated
 from vtorque.batch.registry import register
-from vtorque.errors import NodeError
+from vtorque.errors import NodeError, RecordError
+from vtorque.text import one_line
 
 _JSON_ESCAPES = set('"\\/bfnrtu')
 
 
 def _loads(text: str) -> Any:
     # Everything numeric stays text: variables like 1.50 or 005 must keep their spelling.
-    return json.loads(text, strict=False, parse_int=str, parse_float=str)
+    # load_json: json.loads would keep the last of two equal keys without a word.
+    return load_json(text, strict=False, parse_int=str, parse_float=str,
+                     parse_constant=_no_constant)
+
+
+def _no_constant(name: str) -> str:
+    return name             # NaN, Infinity: text, like every other number
 
 
 def _repair(text: str) -> str:
@@ -93,9 +108,12 @@ def parse_qstat_json(text: str, job_id: str) -> JobContext:
     except ValueError:
         try:
             data = _loads(_repair(text))
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise NodeError(f"openpbs: cannot parse qstat -f -F json output for job "
-                            f"{job_id}: {exc}") from None
+                            f"{job_id}: {one_line(exc, 120)}") from None
+    except RecursionError:
+        raise NodeError(f"openpbs: qstat -f -F json output for job {job_id} is nested "
+                        "too deeply") from None
     jobs = data.get("Jobs") if isinstance(data, dict) else None
     if jobs is None:
         jobs = {}
@@ -104,19 +122,27 @@ def parse_qstat_json(text: str, job_id: str) -> JobContext:
                         "Jobs object")
     found = pick_job(list(jobs), job_id)
     if found is None or not isinstance(jobs[found], dict):
+        held = one_line(", ".join(jobs) or "no jobs", 200)
         raise NodeError(f"openpbs: qstat -f -F json output does not hold job {job_id} "
-                        f"(it holds: {', '.join(jobs) or 'no jobs'})")
+                        f"(it holds: {held})")
+    if "Jobs" in repeated(data) or found in repeated(jobs):
+        raise RecordError(f"the openpbs record of job {job_id} is ambiguous: more than one "
+                          "record claims its id")
+    job = jobs[found]
+    refuse_repeated("openpbs", job_id, repeated(job))
     attrs: dict[str, str] = {}
     variables: dict[str, str] = {}
-    for key, value in jobs[found].items():
+    for key, value in job.items():
         if key == "Variable_List":
             if isinstance(value, dict):
+                refuse_repeated("openpbs", job_id, repeated(value), "variable")
                 # PBS stores ',' in values as '\,'; JSON output before 20.0 kept the
                 # backslash, later versions drop it.
                 variables = {k: _text(v).replace("\\,", ",") for k, v in value.items()}
             else:
-                variables = parse_variable_list(_text(value))
+                variables = parse_variable_list(_text(value), "openpbs", job_id)
         elif isinstance(value, dict):
+            refuse_repeated("openpbs", job_id, (f"{key}.{sub}" for sub in repeated(value)))
             for sub, subvalue in value.items():
                 attrs[f"{key}.{sub}"] = _text(subvalue)
         else:

@@ -4,12 +4,60 @@ Variable_List, and how such a record becomes the neutral JobContext. The adapter
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 
 from vtorque.batch.base import JobContext, check_node_name, check_user_name, count_id_ranges
-from vtorque.errors import NodeError
+from vtorque.errors import NodeError, RecordError
 from vtorque.request import JOB_VARIABLE
 from vtorque.text import one_line
+
+# Attributes that decide anything: who owns the job, where it runs with what, what it
+# asks for, its state and history. One of them twice in a record means text the user
+# controls broke the record's structure; "the last one wins" would let a forged copy
+# decide (a second exec_host put guests on another node), so the job is refused.
+DECIDING = frozenset({
+    "Job_Id", "Job_Owner", "euser", "egroup", "exec_host", "exec_vnode", "Variable_List",
+    "comment", "Account_Name", "project", "job_state", "run_count", "start_count",
+    "init_work_dir", "ctime", "queue", "Job_Name", "Resource_List", "schedselect",
+})
+DECIDING_PREFIXES = ("Resource_List.",)
+# Variables of Variable_List that decide anything on the root side.
+DECIDING_VARIABLES = frozenset({JOB_VARIABLE, "PBS_O_WORKDIR"})
+_NUMBER = re.compile(r"[0-9]{1,9}")
+_EPOCH = re.compile(r"[0-9]{1,12}")
+_PBS_TIME = "%a %b %d %H:%M:%S %Y"
+
+
+def deciding(name: str) -> bool:
+    return name in DECIDING or name.startswith(DECIDING_PREFIXES)
+
+
+def refuse_repeated(scheduler: str, job_id: str, names: Iterable[str],
+                    where: str = "attribute") -> None:
+    """RecordError when any of `names` (repeated in the record) decides anything."""
+    bad = sorted(n for n in names if (deciding(n) if where == "attribute"
+                                      else n in DECIDING_VARIABLES))
+    if bad:
+        raise RecordError(f"the {scheduler} record of job {job_id} is ambiguous: "
+                          f"{where} {one_line(bad[0], 60)} appears more than once "
+                          "(forged by text in a job attribute?)")
+
+
+def parse_ctime(text: str | None) -> int | None:
+    """The server's creation time of a job: Torque prints epoch seconds, OpenPBS a date
+    (in UTC: the adapters run qstat with TZ=UTC). None when absent or unreadable."""
+    text = (text or "").strip()
+    if _EPOCH.fullmatch(text):
+        return int(text)
+    if not text.isascii():
+        return None
+    import calendar
+    import time
+    try:
+        return calendar.timegm(time.strptime(" ".join(text.split()), _PBS_TIME))
+    except (ValueError, OverflowError):
+        return None
 
 
 def parse_exec_host(text: str, scheduler: str = "torque") -> tuple[tuple[str, ...],
@@ -37,24 +85,27 @@ def _count_slots(spec: str, part: str, scheduler: str) -> int:
     spec = spec.strip()
     if "*" in spec:                      # PBS: <index>*<ncpus>
         index, _, ncpus = spec.partition("*")
-        if index.isdigit() and ncpus.isdigit() and len(ncpus) <= 9:
+        if _NUMBER.fullmatch(index) and _NUMBER.fullmatch(ncpus):
             return int(ncpus)
-        raise NodeError(f"{scheduler}: cannot read exec_host part {part!r}")
+        raise NodeError(f"{scheduler}: cannot read exec_host part {one_line(part, 60)!r}")
     try:
         return count_id_ranges(spec)
     except ValueError as exc:
         what = "descending slot range in" if "descending" in str(exc) else "cannot read"
-        raise NodeError(f"{scheduler}: {what} exec_host part {part!r}") from None
+        raise NodeError(f"{scheduler}: {what} exec_host part {one_line(part, 60)!r}"
+                        ) from None
 
 
-def parse_variable_list(text: str) -> dict[str, str]:
+def parse_variable_list(text: str, scheduler: str = "torque", job_id: str = "?"
+                        ) -> dict[str, str]:
     """Torque's Variable_List `K=V,K=V` -> dict.
 
     Torque stores a ',' inside a value as `\\,`; that becomes ','. A backslash before any
     other character is kept. An item without '=' continues the previous value (an
     unescaped comma, as older servers stored them). Whitespace around the whole list
     (pretty-printed XML) is dropped; a repeated name keeps its last value, as the job's
-    environment would.
+    environment would, except that a repeated variable the root side decides on (the VM
+    request, the working directory) is a RecordError.
     """
     items: list[str] = []
     buf: list[str] = []
@@ -74,12 +125,15 @@ def parse_variable_list(text: str) -> dict[str, str]:
         i += 1
     items.append("".join(buf))
     out: dict[str, str] = {}
+    seen: set[str] = set()
     last: str | None = None
     for item in items:
         if "=" in item:
             key, value = item.split("=", 1)
             key = key.strip()
             if key:
+                if key in out:
+                    seen.add(key)
                 out[key] = value
                 last = key
                 continue
@@ -87,6 +141,7 @@ def parse_variable_list(text: str) -> dict[str, str]:
             out[last] += "," + item
         elif item.strip():
             out[item.strip()] = ""
+    refuse_repeated(scheduler, job_id, seen, "variable")
     return out
 
 
@@ -115,9 +170,9 @@ def context_from_attrs(scheduler: str, job_id: str, attrs: Mapping[str, str],
     # Torque shows run_count only to managers; start_count (same meaning: times the job
     # was started) is visible to everyone. OpenPBS has run_count only.
     count_text = (attrs.get("run_count") or attrs.get("start_count") or "0").strip()
-    if not count_text.isdigit() or len(count_text) > 9:
+    if not _NUMBER.fullmatch(count_text):
         raise NodeError(f"{scheduler}: job {job_id} has an unreadable run_count "
-                        f"{count_text!r}")
+                        f"{one_line(count_text, 40)!r}")
     return JobContext(
         scheduler=scheduler,
         job_id=job_id,
@@ -132,4 +187,5 @@ def context_from_attrs(scheduler: str, job_id: str, attrs: Mapping[str, str],
         run_count=int(count_text),
         variables=dict(variables),
         state=attrs.get("job_state", "").strip() or None,
+        created=parse_ctime(attrs.get("ctime")),
     )

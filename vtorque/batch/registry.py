@@ -67,15 +67,18 @@ def detect(bin_dir: str, timeout: float = 10.0) -> str:
     trq = any(has(m) for m in TORQUE_MARKERS)
     if pbs != trq:
         return "openpbs" if pbs else "torque"
+    qstat = os.path.join(bin_dir, "qstat")
+    if os.geteuid() == 0:               # root runs it: only a qstat nobody else can change
+        from vtorque.files import FILE, verify_path
+        verify_path(qstat, FILE)
     try:
-        done = proc.run([os.path.join(bin_dir, "qstat"), "--version"], timeout=timeout,
-                        check=False)
+        done = proc.run([qstat, "--version"], timeout=timeout, check=False)
         text = (done.stdout + done.stderr).lower()
     except (NodeError, UnicodeDecodeError):
         text = ""
     if "pbs_version" in text:
         return "openpbs"
-    if re.search(r"^\s*version:", text, re.MULTILINE):
+    if re.search(r"^[ \t]*version:", text, re.MULTILINE):
         return "torque"
     raise NodeError(f"cannot tell Torque from OpenPBS by the commands in {bin_dir}; "
                     "set batch.system to torque or openpbs")

@@ -32,7 +32,14 @@ import os
 from collections.abc import Mapping
 
 from vtorque import jobid, proc
-from vtorque.batch.base import BatchSystem, JobContext, check_node_name, node_note, note
+from vtorque.batch.base import (
+    QUERY_ENV,
+    BatchSystem,
+    JobContext,
+    check_node_name,
+    node_note,
+    note,
+)
 from vtorque.batch.registry import register
 from vtorque.batch.slurm_record import SlurmJob, parse_show_job
 from vtorque.text import one_line
@@ -68,7 +75,7 @@ class Slurm(BatchSystem):
                           if conf.startswith("/") and "\n" not in conf else {})
 
     def query_env(self) -> dict[str, str]:
-        return proc.clean_env(self.extra_env)
+        return proc.clean_env({**QUERY_ENV, **self.extra_env})
 
     # -- reading ------------------------------------------------------------------------------
     def job(self, job_id: str) -> JobContext:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from vtorque.batch.base import JobContext
+from vtorque.batch.base import JobContext, repeated
 from vtorque.batch.hostlist import expand_hostlist
 from vtorque.batch.slurm_record import (
     SlurmJob,
@@ -14,6 +14,7 @@ from vtorque.batch.slurm_record import (
     request_from_comment,
 )
 from vtorque.errors import NodeError, RecordError
+from vtorque.text import one_line
 
 
 def _number(value) -> int | None:
@@ -46,10 +47,14 @@ def parse_json_job(data, job_id: str) -> SlurmJob:
     comment = job.get("comment") or None
     vm_request = request_from_comment(comment if isinstance(comment, str) else None)
     strict = vm_request is not None           # as for the text: lenient without the marker
+    twice = sorted(repeated(job) | repeated(data))
+    if twice and strict:
+        raise RecordError(f"the slurm record of job {job_id} is ambiguous: key "
+                          f"{one_line(twice[0], 60)!r} appears more than once")
     user = _owner(f"{job.get('user_name') or ''}(0)")
     if user is None and strict:
         raise RecordError(f"slurmctld shows no usable owner for job {job_id} "
-                          f"(user_name={job.get('user_name')!r})")
+                          f"(user_name={one_line(repr(job.get('user_name')), 60)})")
     group = _owner(f"{job.get('group_name') or ''}(0)")
     state = job.get("job_state")
     if isinstance(state, list):
@@ -58,6 +63,8 @@ def parse_json_job(data, job_id: str) -> SlurmJob:
         if strict:
             raise NodeError(f"slurm: job {job_id} has no job_state")
         state = None
+    if twice:
+        state = None        # an ambiguous record decides nothing, not even "it has ended"
     try:
         nodes = expand_hostlist(str(job.get("nodes") or ""))
         if len(set(nodes)) != len(nodes):
@@ -75,7 +82,8 @@ def parse_json_job(data, job_id: str) -> SlurmJob:
         job_name=str(job.get("name") or ""), queue=job.get("partition") or None,
         nodes=tuple(nodes), slots=tuple(slots), vm_request=vm_request,
         workdir=job.get("current_working_directory") or None, run_count=restarts + 1,
-        variables={}, state=state, admin_note=job.get("admin_comment") or None)
+        variables={}, state=state, admin_note=job.get("admin_comment") or None,
+        uid=_number(job.get("user_id")), created=_number(job.get("submit_time")))
     return SlurmJob(ctx, {}, comment=comment, admin_comment=ctx.admin_note,
                     batch_host=batch_host)
 

@@ -16,12 +16,11 @@ it is acted upon.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from vtorque.batch.base import JobContext, check_user_name
+from vtorque.batch.base import JobContext, check_user_name, load_json
 from vtorque.batch.hostlist import count_ids, expand_hostlist
 from vtorque.errors import NodeError, RecordError
 from vtorque.text import one_line
@@ -34,7 +33,14 @@ COMMENT_MARKER = "vtorque:"
 _WHOLE_LINE_KEYS = ("Command", "WorkDir", "AdminComment", "SystemComment", "Comment",
                     "StdErr", "StdIn", "StdOut", "Container", "SELinuxContext",
                     "BurstBuffer", "BurstBufferState")
-_OWNER = re.compile(r"(.*)\((\d{1,10})\)")
+_OWNER = re.compile(r"(.*)\(([0-9]{1,10})\)")
+_NUMBER = re.compile(r"[0-9]{1,9}")
+_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}")
+# scontrol separates tokens by spaces and lines by '\n' only: other characters that
+# Python's str.split()/splitlines() would cut at (\x1c-\x1f, \x85, \u2028, ...) belong to
+# the value a user gave, never to the record's structure.
+_SPACES = re.compile(r" +")
+_ONE_LINE = "one-line output (scontrol -o) cannot be split unambiguously"
 _KEY = re.compile(r"[A-Z][A-Za-z0-9_/:]*")
 _NULL = ("", "(null)", "N/A", "None")
 
@@ -67,7 +73,7 @@ def request_from_comment(comment: str | None) -> str | None:
     if comment is None or not comment.startswith(COMMENT_MARKER):
         return None
     rest = comment[len(COMMENT_MARKER):]
-    token = rest.split(None, 1)[0] if rest and not rest[0].isspace() else ""
+    token = re.split(r"[ \t\r\n]", rest, maxsplit=1)[0]
     if not token:
         raise RecordError(f"the job comment starts with {COMMENT_MARKER!r} but no VM "
                           "request follows it (submit VM jobs with vsub)")
@@ -94,7 +100,8 @@ class _Record:
 def _split_records(text: str) -> list[_Record]:
     records: list[_Record] = []
     stray: list[str] = []
-    for line in text.splitlines():
+    for line in text.split("\n"):
+        line = line.removesuffix("\r")
         if line.startswith("JobId="):
             records.append(_Record([line]))
         elif records:
@@ -109,13 +116,17 @@ def _split_records(text: str) -> list[_Record]:
 
 def _tokens(text: str, record: _Record, where: str) -> list[tuple[str, str]]:
     out = []
-    for token in text.split():
+    for token in _words(text):
         key, eq, value = token.partition("=")
         if not eq or not key:
             record.problems.append(f"{where}: {one_line(token, 40)!r} is not key=value")
             continue
         out.append((key, value))
     return out
+
+
+def _words(text: str) -> list[str]:
+    return [word for word in _SPACES.split(text) if word]
 
 
 def _is_one_liner(record: _Record) -> bool:
@@ -127,7 +138,7 @@ def _is_one_liner(record: _Record) -> bool:
 
 def _parse_one_liner(record: _Record) -> None:
     key = None
-    for token in record.lines[0].split():
+    for token in _words(record.lines[0]):
         name, eq, value = token.partition("=")
         if eq and _KEY.fullmatch(name):
             key = name
@@ -135,7 +146,7 @@ def _parse_one_liner(record: _Record) -> None:
         elif key is not None:
             values = record.values[key]
             values[-1] = f"{values[-1]} {token}"
-    record.problems.append("one-line output (scontrol -o) cannot be split unambiguously")
+    record.problems.append(_ONE_LINE)
 
 
 def _parse_record(record: _Record) -> None:
@@ -181,10 +192,10 @@ def parse_show_job(text: str, job_id: str) -> SlurmJob:
     stripped = text.lstrip()
     if stripped.startswith("{"):
         try:
-            data = json.loads(stripped)
-        except ValueError as exc:
+            data = load_json(stripped)
+        except (ValueError, RecursionError) as exc:
             raise NodeError(f"slurm: scontrol printed broken JSON for job {job_id}: "
-                            f"{exc}") from None
+                            f"{one_line(exc, 120)}") from None
         from vtorque.batch.slurm_json import parse_json_job
         return parse_json_job(data, job_id)
     records = _split_records(text)
@@ -196,7 +207,7 @@ def parse_show_job(text: str, job_id: str) -> SlurmJob:
                  if f"{r.first('ArrayJobId')}_{r.first('ArrayTaskId')}" == job_id]
         mine = array
     if not mine:
-        held = ", ".join(r.first("JobId") or "?" for r in records) or "no jobs"
+        held = one_line(", ".join(r.first("JobId") or "?" for r in records) or "no jobs", 200)
         raise NodeError(f"slurm: scontrol output does not hold job {job_id} (it holds: "
                         f"{held})")
     record = mine[0]
@@ -234,23 +245,27 @@ def _job_from_record(record: _Record, job_id: str, *, strict: bool) -> SlurmJob:
         # slurmctld could not name the owner (e.g. UserId=(null)(1234)): not this node's
         # fault, and no guests can be made for nobody.
         raise RecordError(f"slurmctld shows no usable owner for job {job_id} "
-                          f"(UserId={fields.get('UserId')!r})")
+                          f"(UserId={one_line(repr(fields.get('UserId')), 60)})")
     group = _owner(fields.get("GroupId"))
     state = _value(fields.get("JobState"))
     restarts = fields.get("Restarts", "0")
     if strict and state is None:
         raise NodeError(f"slurm: the record of job {job_id} has no JobState")
-    if not restarts.isdigit() or len(restarts) > 9:
+    if not _NUMBER.fullmatch(restarts):
         if strict:
-            raise NodeError(f"slurm: job {job_id} has an unreadable Restarts={restarts!r}")
+            raise NodeError(f"slurm: job {job_id} has an unreadable "
+                            f"Restarts={one_line(repr(restarts), 40)}")
         restarts = "0"
+    if not strict and any(p != _ONE_LINE for p in record.problems):
+        state = None        # an ambiguous record decides nothing, not even "it has ended"
     ctx = JobContext(
         scheduler="slurm", job_id=job_id, user=user or "", group=group,
         job_name=fields.get("JobName", ""), queue=_value(fields.get("Partition")),
         nodes=tuple(nodes), slots=tuple(slots), vm_request=vm_request,
         workdir=_value(fields.get("WorkDir")), run_count=int(restarts) + 1,
         variables={}, state=state,
-        admin_note=_value(fields.get("AdminComment"), keep_na=True))
+        admin_note=_value(fields.get("AdminComment"), keep_na=True),
+        uid=_uid(fields.get("UserId")), created=parse_time(fields.get("SubmitTime")))
     return SlurmJob(ctx, fields, comment=comment, admin_comment=ctx.admin_note,
                     batch_host=batch_host)
 
@@ -262,6 +277,26 @@ def _value(text: str | None, keep_na: bool = False) -> str | None:
     if not text or text == "(null)" or (not keep_na and text in _NULL):
         return None
     return text
+
+
+def _uid(text: str | None) -> int | None:
+    """`alice(1001)` -> 1001."""
+    match = _OWNER.fullmatch((text or "").strip())
+    return int(match.group(2)) if match else None
+
+
+def parse_time(text: str | None) -> int | None:
+    """`2026-11-24T03:48:56` (scontrol runs with TZ=UTC) -> epoch seconds; None when
+    absent or not a time."""
+    text = (text or "").strip()
+    if not _TIME.fullmatch(text):
+        return None
+    import calendar
+    import time
+    try:
+        return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%S"))
+    except (ValueError, OverflowError):
+        return None
 
 
 def _owner(text: str | None) -> str | None:
@@ -308,7 +343,7 @@ def _slots(nodes: list[str], record: _Record, fields: Mapping[str, str]) -> list
     total_text = fields.get("NumCPUs", "")
     if not nodes:
         return []
-    total = int(total_text) if total_text.isdigit() and len(total_text) <= 9 else len(nodes)
+    total = int(total_text) if _NUMBER.fullmatch(total_text) else len(nodes)
     base, extra = divmod(max(total, len(nodes)), len(nodes))
     return [base + (1 if i < extra else 0) for i in range(len(nodes))]
 

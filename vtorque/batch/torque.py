@@ -13,25 +13,39 @@ import xml.etree.ElementTree as ET
 
 from vtorque import jobid
 from vtorque.batch.base import BatchSystem, JobContext, check_node_name, node_note, pick_job
-from vtorque.batch.pbs import context_from_attrs, parse_variable_list
+from vtorque.batch.pbs import context_from_attrs, parse_variable_list, refuse_repeated
 from vtorque.batch.registry import register
-from vtorque.errors import NodeError
+from vtorque.errors import NodeError, RecordError
+from vtorque.text import one_line
 
 # Characters XML 1.0 forbids. Torque escapes & " ' < > (MXMLSetVal) but copies control
 # characters of user-set values (Job_Name, -v variables) as they are, which would make
 # the whole document unparsable; they are dropped before parsing.
-_XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
-def _flatten(job: ET.Element) -> dict[str, str]:
-    """<Job> children -> {tag: text}; nested resources as `Parent.child` (like qstat -f)."""
+def _flatten(job: ET.Element, job_id: str) -> dict[str, str]:
+    """<Job> children -> {tag: text}; nested resources as `Parent.child` (like qstat -f).
+    A deciding attribute given twice is a RecordError (refuse_repeated)."""
     attrs: dict[str, str] = {}
+    repeated: set[str] = set()
+
+    def put(name: str, text: str | None) -> None:
+        if name in attrs:
+            repeated.add(name)
+        attrs[name] = (text or "").strip()
+
+    parents: set[str] = set()
     for child in job:
         if len(child):
+            if child.tag in parents:
+                repeated.add(child.tag)
+            parents.add(child.tag)
             for sub in child:
-                attrs[f"{child.tag}.{sub.tag}"] = (sub.text or "").strip()
+                put(f"{child.tag}.{sub.tag}", sub.text)
         else:
-            attrs[child.tag] = (child.text or "").strip()
+            put(child.tag, child.text)
+    refuse_repeated("torque", job_id, repeated)
     return attrs
 
 
@@ -50,14 +64,20 @@ def parse_qstat_xml(text: str, job_id: str) -> JobContext:
         raise NodeError(f"torque: qstat -f -x output for job {job_id} is not "
                         f"<Data> (root element <{root.tag}>)")
     jobs = [root] if root.tag == "Job" else root.findall("Job")
-    by_id = {(j.findtext("Job_Id") or "").strip(): j for j in jobs}
+    ids = [(j.findtext("Job_Id") or "").strip() for j in jobs]
+    by_id = dict(zip(ids, jobs, strict=True))
     found = pick_job(list(by_id), job_id)
     if found is None:
+        held = one_line(", ".join(by_id) or "no jobs", 200)
         raise NodeError(f"torque: qstat -f -x output does not hold job {job_id} "
-                        f"(it holds: {', '.join(by_id) or 'no jobs'})")
-    attrs = _flatten(by_id[found])
+                        f"(it holds: {held})")
+    if ids.count(found) > 1:
+        raise RecordError(f"the torque record of job {job_id} is ambiguous: "
+                          f"{ids.count(found)} records claim its id")
+    attrs = _flatten(by_id[found], job_id)
     return context_from_attrs("torque", job_id, attrs,
-                              parse_variable_list(attrs.get("Variable_List", "")))
+                              parse_variable_list(attrs.get("Variable_List", ""),
+                                                  "torque", job_id))
 
 
 @register
@@ -110,10 +130,15 @@ class Torque(BatchSystem):
             if found is None:
                 return None
             attrs: dict[str, str] = {}
+            repeated = set()
             for a in by_id[found].attribs:
                 key = f"{a.name}.{a.resource}" if getattr(a, "resource", None) else a.name
+                if str(key) in attrs:
+                    repeated.add(str(key))
                 attrs[str(key)] = str(a.value)
         except Exception:  # noqa: BLE001  (untested binding: any surprise -> use qstat)
             return None
+        refuse_repeated(self.name, job_id, repeated)
         return context_from_attrs(self.name, job_id, attrs,
-                                  parse_variable_list(attrs.get("Variable_List", "")))
+                                  parse_variable_list(attrs.get("Variable_List", ""),
+                                                      self.name, job_id))

@@ -8,19 +8,41 @@ provisioning timeout, and only then lets the job start. A node's epilogue withdr
 status once its guests are gone (cluster/jobwide.py). No daemon and no protocol of our
 own: the batch system starts the hooks on every node, the shared file system carries the
 few bytes each node has to say.
+
+What the statuses say decides whether the job starts and when the job-wide pieces go
+back, so only root may write them: the shared state directory is verified on every use
+(files.ensure_trusted_dir; on NFS this needs an export without root squashing), each
+job's directory is made by root and checked to be root's, and a status is read only when
+it is root's own regular file.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 from vtorque.config import Config
-from vtorque.files import atomic_write, ensure_parent_dirs, remove_file, remove_tree
+from vtorque.errors import NodeError
+from vtorque.files import (
+    DIR,
+    atomic_write,
+    check_dir,
+    ensure_trusted_dir,
+    make_dir,
+    read_owned,
+    remove_file,
+    remove_tree,
+    resolve_trusted,
+)
 from vtorque.journal import job_key
+from vtorque.text import one_line
+
+STATUS_MAX = 1 << 20
+REASON_MAX = 1000
 
 STARTING = "starting"     # the node is starting guests: it holds part of the job
 READY = "ready"
@@ -43,35 +65,64 @@ def job_dir(config: Config, job_id: str) -> str:
     return _key_dir(config, job_key(job_id))
 
 
+def shared_root(config: Config, *, create: bool = False) -> str | None:
+    """The shared state directory, verified (made by root when `create`); None when it
+    does not exist yet and is not to be made. NodeError when it is not trusted."""
+    path = config.batch.shared_state_dir
+    if create:
+        return ensure_trusted_dir(path, 0o755)
+    try:
+        return resolve_trusted(path, DIR)[0]
+    except NodeError:
+        if not os.path.lexists(path):
+            return None
+        raise
+
+
+def _trusted_key_dir(config: Config, key: str) -> str | None:
+    """A job's hand-off directory when it exists and is root's (NodeError if not)."""
+    if shared_root(config) is None:
+        return None
+    directory = _key_dir(config, key)
+    try:
+        check_dir(directory)
+    except FileNotFoundError:
+        return None
+    return directory
+
+
 def _key_dir(config: Config, key: str) -> str:
     return os.path.join(config.batch.shared_state_dir, key)
 
 
 def publish(config: Config, job_id: str, status: NodeStatus) -> None:
     """Write this node's status atomically (readers never see half a file)."""
-    status = replace(status, job_id=job_id)
+    # The reason may quote a user's request: one bounded line in a file others read.
+    status = replace(status, job_id=job_id, reason=one_line(status.reason, REASON_MAX))
     directory = job_dir(config, job_id)
-    ensure_parent_dirs(config.batch.shared_state_dir, 0o755)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
+    shared_root(config, create=True)
+    try:
+        make_dir(directory, 0o755)
+    except NodeError:
+        check_dir(directory)            # made by another node's root: fine
     atomic_write(os.path.join(directory, f"{status.node}.json"),
                  json.dumps(asdict(status), sort_keys=True), mode=0o644)
 
 
 def read(config: Config, job_id: str, node: str) -> NodeStatus | None:
-    return _read(os.path.join(job_dir(config, job_id), f"{node}.json"), node)
+    return read_key(config, job_key(job_id), node)
 
 
 def _read(path: str, node: str) -> NodeStatus | None:
     try:
-        with open(path) as handle:
-            data = json.load(handle)
+        data = json.loads(read_owned(path, limit=STATUS_MAX))
         if not isinstance(data, dict):
             raise TypeError("not a JSON object")
         return NodeStatus(**data)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, TypeError) as exc:
-        return NodeStatus(node, FAILED, f"unreadable status file: {exc}")
+    except (OSError, ValueError, TypeError, NodeError, RecursionError) as exc:
+        return NodeStatus(node, FAILED, f"unreadable status file: {one_line(exc, 200)}")
 
 
 def collect(config: Config, job_id: str, nodes: Sequence[str], timeout: float,
@@ -105,25 +156,40 @@ def nodes_left(config: Config, job_id: str) -> list[str]:
 
 
 def nodes_left_in(config: Config, key: str) -> list[str]:
+    directory = _trusted_key_dir(config, key)
+    if directory is None:
+        return []
     try:
-        names = os.listdir(_key_dir(config, key))
+        names = os.listdir(directory)
     except FileNotFoundError:
         return []
     return sorted(name[:-5] for name in names if name.endswith(".json"))
 
 
 def read_key(config: Config, key: str, node: str) -> NodeStatus | None:
-    return _read(os.path.join(_key_dir(config, key), f"{node}.json"), node)
+    directory = _trusted_key_dir(config, key)
+    if directory is None:
+        return None
+    return _read(os.path.join(directory, f"{node}.json"), node)
 
 
 def job_keys(config: Config) -> list[str]:
     """Every job's hand-off directory (by job key), for the reaper."""
+    root = shared_root(config)
+    if root is None:
+        return []
     try:
-        entries = os.listdir(config.batch.shared_state_dir)
+        entries = os.listdir(root)
     except FileNotFoundError:
         return []
-    return sorted(e for e in entries if not e.startswith(".")
-                  and os.path.isdir(_key_dir(config, e)))
+    return sorted(e for e in entries if not e.startswith(".") and _is_dir(root, e))
+
+
+def _is_dir(root: str, entry: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(os.path.join(root, entry)).st_mode)
+    except OSError:
+        return False
 
 
 def withdraw(config: Config, job_id: str, node: str) -> None:
@@ -136,5 +202,6 @@ def withdraw(config: Config, job_id: str, node: str) -> None:
 
 
 def clear(config: Config, job_id: str) -> None:
-    """Remove the job's whole hand-off directory."""
-    remove_tree(job_dir(config, job_id))
+    """Remove the job's whole hand-off directory (in the verified shared directory)."""
+    if shared_root(config) is not None:
+        remove_tree(job_dir(config, job_id))

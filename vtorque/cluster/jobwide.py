@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from vtorque.cluster import handoff
 from vtorque.config import Config
 from vtorque.errors import NodeError
-from vtorque.files import ensure_parent_dirs
 from vtorque.vm import addresses
 
 LOCK_NAME = ".jobwide.lock"
@@ -29,8 +28,8 @@ LOCK_TIMEOUT = 60.0
 @contextlib.contextmanager
 def _locked(config: Config) -> Iterator[None]:
     import filelock
-    ensure_parent_dirs(config.batch.shared_state_dir, 0o755)
-    path = os.path.join(config.batch.shared_state_dir, LOCK_NAME)
+    # A trusted directory: nobody but root can plant a link at the lock's place.
+    path = os.path.join(handoff.shared_root(config, create=True), LOCK_NAME)
     try:
         with filelock.FileLock(path, timeout=LOCK_TIMEOUT):
             yield

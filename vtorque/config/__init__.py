@@ -29,13 +29,14 @@ from vtorque.config.sections import (
     Network,
     Timeouts,
 )
-from vtorque.errors import ConfigError
+from vtorque.errors import ConfigError, NodeError
 
 __all__ = ["ARCHES", "FS_TYPES", "HYPERVISORS", "NETWORK_MODES", "SCHEMA", "Config",
            "Field", "iter_fields", "load", "parse", "resolve_path"]
 
 DEFAULT_PATH = "/etc/vtorque/vtorque.yaml"
 ENV_VAR = "VTORQUE_CONFIG"
+MAX_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -75,13 +76,27 @@ def resolve_path(explicit: str | None = None, environ: Mapping[str, str] | None 
     return env.get(ENV_VAR) or DEFAULT_PATH
 
 
-def load(path: str | None = None) -> Config:
-    """Read and validate the config file; raise ConfigError listing every problem."""
+def load(path: str | None = None, *, trusted: bool | None = None) -> Config:
+    """Read and validate the config file; raise ConfigError listing every problem.
+
+    `trusted` (default: when running as root) reads the file only if nobody but root can
+    have written it: the file and every directory above it (files.read_trusted). The
+    config names the commands root runs and the directories root writes, so a config a
+    user can change would hand root to that user."""
     path = resolve_path(path)
+    if trusted is None:
+        trusted = os.geteuid() == 0
     try:
-        text = Path(path).read_bytes().decode("utf-8")
+        if trusted:
+            from vtorque.files import read_trusted
+            data = read_trusted(path, "", limit=MAX_BYTES)
+        else:
+            data = Path(path).read_bytes()
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(path, ["file not found"]) from None
+    except NodeError as exc:
+        raise ConfigError(path, [f"not trusted: {exc}"]) from None
     except OSError as exc:
         raise ConfigError(path, [f"cannot read: {exc.strerror}"]) from None
     except UnicodeDecodeError:

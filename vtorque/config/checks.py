@@ -135,6 +135,8 @@ def pkey(value: Any) -> int:
     # YAML reads 0x8001 as an integer already; a quoted "0x8001" is accepted too.
     if isinstance(value, str):
         try:
+            if not value.isascii():
+                raise ValueError("not ASCII")
             value = int(value, 0)
         except ValueError:
             raise ValueError("expected a partition key from 0x0001 to 0x7ffe, or 0") from None

@@ -4,6 +4,7 @@ Defaults are raw YAML values and go through the same checks as the admin's value
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,51 @@ HYPERVISORS = ("auto", "kvm", "qemu")
 NETWORK_MODES = ("none", "network", "bridge")
 FS_TYPES = ("sharedfs", "ramdisk")
 ARCHES = ("x86_64",)
+
+# Share paths (the job's working directory, the owner's home, batch.shares) are mounted at
+# the same path in the guests: never at or below the guest's own system directories.
+SHARE_SYSTEM_PATHS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64",
+                      "/libx32", "/proc", "/root", "/run", "/sbin", "/sys", "/usr",
+                      "/var/cache", "/var/lib", "/var/lock", "/var/log", "/var/run",
+                      "/var/spool", "/data")
+SHARE_SYSTEM_EXACT = ("/", "/tmp", "/var", "/var/tmp")
+SHARE_PATH_MAX = 1024
+
+
+def share_path_problem(path: Any) -> str | None:
+    """Why `path` cannot be mounted at the same path in a guest, or None."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        return "not an absolute path"
+    if len(path) > SHARE_PATH_MAX:
+        return f"longer than {SHARE_PATH_MAX} characters"
+    if any(not " " <= ch <= "~" for ch in path):
+        return "characters other than printable ASCII"
+    if os.path.normpath(path) != path or path.startswith("//"):
+        return "not a normalized path"
+    if path in SHARE_SYSTEM_EXACT or any(path == p or path.startswith(p + "/")
+                                         for p in SHARE_SYSTEM_PATHS):
+        return "a system directory in the guest"
+    return None
+
+
+def shares(value: Any) -> tuple[tuple[str, bool], ...]:
+    """A list of PATH or PATH:ro entries -> ((path, readonly), ...), each path once."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ValueError("expected a list of absolute paths (PATH or PATH:ro)")
+    out: list[tuple[str, bool]] = []
+    for item in value:
+        if not isinstance(item, str):
+            raise ValueError(f"expected a path, got {item!r}")
+        path, readonly = (item[:-3], True) if item.endswith(":ro") else (item, False)
+        problem = share_path_problem(path)
+        if problem:
+            raise ValueError(f"{item[:100]!r}: {problem}")
+        if any(p == path for p, _ in out):
+            raise ValueError(f"{path!r} is listed twice")
+        out.append((path, readonly))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -91,6 +137,9 @@ SCHEMA: dict[str, dict[str, Field] | Field] = {
                            "rank 0; installed by contrib/torque_hooks/install"),
         "max_requeues": Field(c.integer(0, 100), 3, "node faults that requeue a job before the "
                               "prologue aborts it instead"),
+        "shares": Field(shares, [], "the cluster's file systems every VM job's guests see at "
+                        "the same path (PATH, or PATH:ro read-only), besides the job's working "
+                        "directory and the owner's home; served under the owner's identity"),
     },
     "network": {
         "mode": Field(c.choice(NETWORK_MODES), "none",

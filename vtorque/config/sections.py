@@ -49,6 +49,7 @@ class Batch:
     shared_state_dir: str
     job_shell: str
     max_requeues: int
+    shares: tuple[tuple[str, bool], ...]    # (path, read-only)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from vtorque import proc
 from vtorque.config import Config
 from vtorque.errors import NodeError, ResourceError
-from vtorque.files import atomic_write, ensure_parent_dirs, remove_file
+from vtorque.files import atomic_write, ensure_trusted_dir, remove_file
 from vtorque.ibverbs import VF_LEDGER, guids, sysfs
 from vtorque.ledger import Ledger
 
@@ -232,7 +232,7 @@ def allocate_pkey(config: Config, job_id: str, guests: int) -> int | None:
                                 f"(0x{ib.pkey_first:04x}..0x{ib.pkey_last:04x})")
         if ib.partitions_dir:
             ports = [guids.port_guid(ib.guid_prefix, job_id, r) for r in range(guests)]
-            ensure_parent_dirs(ib.partitions_dir, 0o755)
+            ensure_trusted_dir(ib.partitions_dir, 0o755)
             atomic_write(_partition_file(config, job_id),
                          guids.partition_conf(job_id, key, ports), mode=0o644)
         table[job_id] = key

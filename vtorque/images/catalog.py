@@ -6,14 +6,18 @@ Users may only ask for catalog names, never paths or URLs. Two gates use this mo
 - ``Catalog.describe`` (submit side, runs as the user): parses and shape-checks a descriptor and
   checks that every file it names is a regular file inside the pool reached without symlinks.
 - ``Catalog.authorize`` (root side): all of the above, plus ownership and permissions of the pool
-  (and its ancestors), descriptor and files, the disk header (qcow2 without backing or external
-  data file, raw without any known image header; never probed), and the sha256 of every file.
+  (and its ancestors), descriptor and files (one hard link each), the disk header (qcow2 without
+  backing or external data file, raw without any known image header; never probed), and the
+  sha256 of every file, all read through one descriptor per file that holds the inode its
+  path names before and after. The Image records each file's identity; ``verify_unchanged``
+  tells whether the files are still those (to be called once the guests have opened them).
 
 Every refusal is one ImageError line: ``image 'x': <reason>``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from typing import Any
@@ -21,9 +25,9 @@ from typing import Any
 import yaml
 
 from vtorque.errors import ImageError
-from vtorque.images.checksums import ChecksumCache, identity
+from vtorque.images.checksums import ChecksumCache
 from vtorque.images.descriptor import TOP_KEYS, Shape
-from vtorque.images.formats import check_disk_header
+from vtorque.images.formats import check_disk_header, header_size
 from vtorque.images.model import (
     ARCHES,
     DESCRIPTOR_SUFFIX,
@@ -37,11 +41,15 @@ from vtorque.images.model import (
 )
 from vtorque.images.pool_files import (
     check_owner,
+    check_unchanged,
     components,
     lstat_in_pool,
+    open_verified,
     read_head,
+    read_head_fd,
     sha256_file,
 )
+from vtorque.images.pool_files import identity as file_identity
 
 _DESCRIPTOR_MAX = 1 << 20
 
@@ -50,6 +58,7 @@ class Catalog:
     """The admin-authorized images of one pool directory."""
 
     def __init__(self, pool_dir: str, checksum_cache: str | None = None, owner_uid: int = 0):
+        self.pool_dir = pool_dir
         self.pool = os.path.realpath(pool_dir)
         self.checksum_cache = checksum_cache
         self.owner_uid = owner_uid
@@ -76,19 +85,36 @@ class Catalog:
 
     def authorize(self, name: str, verify_checksums: bool = True) -> Image:
         """Every check: describe, ownership, disk header, checksums (the root side's gate)."""
-        image = self.describe(name)
         self._check_pool_trusted(name)
+        image = self.describe(name)
         what = f"descriptor {image.descriptor}"
         check_owner(name, lstat_in_pool(name, image.descriptor, what), what, self.owner_uid)
         for _role, f in image.files():
             for path in components(self.pool, f.path):
                 what = f"file {self._rel(path)}"
                 check_owner(name, lstat_in_pool(name, path, what), what, self.owner_uid)
-        if image.disk is not None:
-            check_disk_header(name, self._rel(image.disk.path), image.disk)
-        if verify_checksums:
-            self._verify_checksums(image)
-        return image
+        cache = (ChecksumCache(self.checksum_cache)
+                 if self.checksum_cache and verify_checksums else None)
+        verified = {}
+        try:
+            for role, f in image.files():
+                verified[role] = self._verify_file(name, role, f, cache, verify_checksums)
+        finally:
+            if cache is not None:
+                cache.save()
+        return dataclasses.replace(image, **verified)
+
+    def verify_unchanged(self, image: Image) -> None:
+        """ImageError unless every file of an authorized `image` is still the very file
+        authorize verified (same device, inode, size, mtime, ctime; one link). Called
+        after the files were used (qemu-img and QEMU open them by path), it turns a
+        replacement or rewrite in between into a refusal instead of a guest."""
+        for role, f in image.files():
+            label = f"{role} {self._rel(f.path)}"
+            st = lstat_in_pool(image.name, f.path, label)
+            if f.identity is None or file_identity(st) != tuple(f.identity) \
+                    or st.st_nlink != 1:
+                raise refuse(image.name, f"{label} changed after it was verified")
 
     def names_for_distro(self, distro: str) -> list[str]:
         """Sorted names whose descriptor declares distro; broken descriptors are skipped."""
@@ -175,47 +201,48 @@ class Catalog:
         return path
 
     def _check_pool_trusted(self, name: str) -> None:
-        """The pool must be owner_uid's and not group/other-writable; every ancestor must
-        belong to root or owner_uid and be unwritable by others or sticky, so nobody else
-        can swap the pool out."""
-        st = lstat_in_pool(name, self.pool, f"image pool {self.pool}")
+        """The pool as configured must be a trusted directory (files.resolve_trusted:
+        root's all the way up, no symlink a user could change), resolving to the pool
+        this catalog reads, and owner_uid's."""
+        from vtorque.errors import NodeError
+        from vtorque.files import DIR, resolve_trusted
+        try:
+            resolved, st = resolve_trusted(os.path.abspath(self.pool_dir), DIR)
+        except NodeError as exc:
+            raise refuse(name, f"image pool {exc}") from None
+        if resolved != self.pool:
+            raise refuse(name, f"image pool {self.pool_dir} now resolves to {resolved}, "
+                                f"not {self.pool}")
         check_owner(name, st, f"image pool {self.pool}", self.owner_uid)
-        parent = os.path.dirname(self.pool)
-        while True:
-            st = lstat_in_pool(name, parent, f"directory {parent}")
-            if st.st_uid not in (0, self.owner_uid):
-                raise refuse(name, f"directory {parent} above the image pool is owned by "
-                                    f"uid {st.st_uid}")
-            if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
-                raise refuse(name, f"directory {parent} above the image pool is writable "
-                                    "by group or others")
-            if parent == os.path.dirname(parent):
-                return
-            parent = os.path.dirname(parent)
 
-    def _verify_checksums(self, image: Image) -> None:
-        """sha256 of every file must match; verified results are cached when configured."""
-        cache = ChecksumCache(self.checksum_cache) if self.checksum_cache else None
-        try:
-            for role, f in image.files():
-                self._verify_one(image.name, role, f, cache)
-        finally:
-            if cache is not None:
-                cache.save()
-
-    def _verify_one(self, name: str, role: str, f: ImageFile,
-                    cache: ChecksumCache | None) -> None:
+    def _verify_file(self, name: str, role: str, f: ImageFile, cache: ChecksumCache | None,
+                     verify_checksums: bool) -> ImageFile:
+        """Header and sha256 of one file, read through one verified descriptor; the file
+        with its identity."""
         label = self._rel(f.path)
-        before = lstat_in_pool(name, f.path, f"{role} {label}")
-        if cache is not None and cache.lookup(f.path, before) == f.sha256:
-            return
+        what = f"{role} {label}"
+        fd, st = open_verified(name, f.path, what, self.owner_uid)
         try:
-            actual = sha256_file(f.path)
-        except OSError as exc:
-            raise refuse(name, f"cannot read {role} {label}: {exc.strerror or exc}") from None
-        if actual != f.sha256:
-            raise refuse(name, f"{role} {label} does not match its sha256 "
-                                f"(expected {f.sha256}, got {actual})")
-        after = lstat_in_pool(name, f.path, f"{role} {label}")
-        if cache is not None and identity(before) == identity(after):
-            cache.store(f.path, after, actual)
+            if role == "disk":
+                try:
+                    head = read_head_fd(fd, header_size(f.format))
+                except OSError as exc:
+                    raise refuse(name, f"cannot read disk {label}: "
+                                        f"{exc.strerror or exc}") from None
+                check_disk_header(name, label, f, head)
+            if verify_checksums and (cache is None or cache.lookup(f.path, st) != f.sha256):
+                try:
+                    actual = sha256_file(f.path, fd)
+                except OSError as exc:
+                    raise refuse(name, f"cannot read {what}: {exc.strerror or exc}") from None
+                if actual != f.sha256:
+                    raise refuse(name, f"{what} does not match its sha256 "
+                                        f"(expected {f.sha256}, got {actual})")
+                check_unchanged(name, f.path, what, fd, st)
+                if cache is not None:
+                    cache.store(f.path, st, actual)
+            else:
+                check_unchanged(name, f.path, what, fd, st)
+        finally:
+            os.close(fd)
+        return dataclasses.replace(f, identity=file_identity(st))

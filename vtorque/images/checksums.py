@@ -31,20 +31,24 @@ class ChecksumCache:
         self.dirty = False
 
     def _prepare_dir(self) -> bool:
+        """The cache decides which files are not hashed again, so it is used only in a
+        trusted directory (files.ensure_trusted_dir: root's, all the way up)."""
+        from vtorque.errors import NodeError
+        from vtorque.files import ensure_trusted_dir
         try:
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            st = os.lstat(self.directory)
-        except OSError:
+            self.directory = ensure_trusted_dir(self.directory, 0o700)
+        except (OSError, NodeError):
             return False
-        return (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
-                and not st.st_mode & 0o022)
+        self.path = os.path.join(self.directory, CACHE_FILE)
+        return True
 
     def _load(self) -> dict[str, dict[str, Any]]:
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             with os.fdopen(fd, "rb") as f:
                 st = os.fstat(f.fileno())
-                if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid()
+                        or st.st_mode & 0o022 or st.st_nlink != 1):
                     return {}
                 data = json.loads(f.read())
         except (OSError, ValueError):

@@ -96,13 +96,21 @@ class Shape:
         return value
 
     def check_kind_rules(self, kind: str) -> None:
+        """kernel: a kernel (initrd, cmdline, disk optional). linux: a disk that boots
+        itself. osv: a disk (its root file system), optionally booted directly with the
+        same build's kernel and the loader's command line, both given (vtorque adds each
+        guest's address to that command line)."""
         present = {k for k in ("kernel", "initrd", "cmdline", "disk") if k in self.data}
         if kind == "kernel":
             if "kernel" not in present:
                 raise self.error("missing key 'kernel' (required for kind 'kernel')")
             return
+        allowed = ("kernel", "cmdline") if kind == "osv" else ()
         for key in ("kernel", "initrd", "cmdline"):
-            if key in present:
+            if key in present and key not in allowed:
                 raise self.error(f"key {key!r} is not allowed for kind {kind!r}")
         if "disk" not in present:
             raise self.error(f"missing key 'disk' (required for kind {kind!r})")
+        if kind == "osv" and ("kernel" in present) != ("cmdline" in present):
+            raise self.error("keys 'kernel' and 'cmdline' go together for kind 'osv' "
+                             "(direct kernel boot: the loader's options and the command)")

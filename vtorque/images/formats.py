@@ -75,13 +75,20 @@ def _check_raw(name: str, label: str, head: bytes) -> None:
             raise refuse(name, f"raw image {label} carries a {fmt} header")
 
 
-def check_disk_header(name: str, label: str, disk: ImageFile) -> None:
-    """Read the disk's first bytes (never probe) and check them against its stated format."""
-    size = 1 << _QCOW2_MAX_CLUSTER_BITS if disk.format == "qcow2" else 512
-    try:
-        head = read_head(disk.path, size)
-    except OSError as exc:
-        raise refuse(name, f"cannot read disk {label}: {exc.strerror or exc}") from None
+def header_size(fmt: str | None) -> int:
+    """How many first bytes of a disk check_disk_header reads."""
+    return 1 << _QCOW2_MAX_CLUSTER_BITS if fmt == "qcow2" else 512
+
+
+def check_disk_header(name: str, label: str, disk: ImageFile,
+                      head: bytes | None = None) -> None:
+    """Check the disk's first bytes (never probe) against its stated format: `head` as
+    read from the verified descriptor, else read from the path."""
+    if head is None:
+        try:
+            head = read_head(disk.path, header_size(disk.format))
+        except OSError as exc:
+            raise refuse(name, f"cannot read disk {label}: {exc.strerror or exc}") from None
     if disk.format == "qcow2":
         _check_qcow2(name, label, head)
     else:

@@ -22,6 +22,9 @@ class ImageFile:
     path: str
     sha256: str
     format: str | None = None
+    # (device, inode, size, mtime, ctime) of the file as authorize verified it: the file
+    # used must still be this one (Catalog.verify_unchanged).
+    identity: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ argument) and the PBS_*/SLURM_* environment, after the prologues brought every g
 It reads the job's files the prologue left in the job's user directory and runs the
 script in rank 0: over SSH for Linux guests (ssh.py), through OSv's REST API for OSv
 guests (osv.py). The job's stdout and stderr are the batch system's as usual, and the
-script's exit status becomes the job's.
+script's exit status becomes the job's. The job's vm_prologue and vm_epilogue run as the
+owner in every guest around it; their exit handling is vmscripts.py's.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def run(script: str, env: Mapping[str, str], config_path: str | None) -> int:
         raise VtorqueError(f"job-shell: job {job_id} has no guests on this node "
                            f"({paths.user_dir} missing); was it submitted with vsub?") from None
     if _read(paths.user_dir, "guest-kind") == "osv":
-        return _run_osv(script, env, job_id, _read(paths.user_dir, "rank0-address"))
+        return _run_osv(script, env, job_id, _read(paths.user_dir, "rank0-address"),
+                        paths.user_dir)
     from vtorque.jobshell import ssh
     return ssh.run(script, env, job_id, paths.user_dir, rank0)
 
@@ -58,12 +60,29 @@ def osv_command(script: str) -> str:
     return lines[0]
 
 
-def _run_osv(script: str, env: Mapping[str, str], job_id: str, address: str) -> int:
-    from vtorque.jobshell import osv
+def _run_osv(script: str, env: Mapping[str, str], job_id: str, address: str,
+             user_dir: str) -> int:
+    """The job's one command in OSv rank 0, its vm_prologue and vm_epilogue (programs in
+    the image) in every guest, each through the launcher (jobshell/vmscripts.py)."""
+    from vtorque.jobshell import osv, vmscripts
     from vtorque.jobshell.ssh import guest_environment
     if not address:
         raise VtorqueError(f"job-shell: job {job_id}: no address for OSv rank 0")
-    return osv.run_job(address, osv_command(script), env=guest_environment(env, job_id))
+    command = osv_command(script)
+    guest_env = guest_environment(env, job_id)
+
+    def run_in(guest: vmscripts.JobGuest, what: str, path: str, status: int) -> int:
+        if not guest.address:
+            return vmscripts.STATUS_UNREACHABLE
+        extra = {"VTORQUE_VM_SCRIPT": what}
+        if what == vmscripts.EPILOGUE:
+            extra["VTORQUE_JOB_EXIT_STATUS"] = str(status)
+        return osv.run_job(guest.address, [path], env={**guest_env, **extra})
+
+    # OSv has one environment per guest: what a vm_prologue had set is unset for the job.
+    job_env = {**guest_env, "VTORQUE_VM_SCRIPT": "", "VTORQUE_JOB_EXIT_STATUS": ""}
+    return vmscripts.around(lambda: osv.run_job(address, command, env=job_env), run_in,
+                            user_dir)
 
 
 def main(args: list[str], config_path: str | None) -> int:

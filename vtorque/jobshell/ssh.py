@@ -75,17 +75,39 @@ def remote_command(env: Mapping[str, str], workdir: str | None, shell: str,
     return f"{cd}; export {exports}; exec {shlex.quote(shell)} {args} -s".replace("  ", " ")
 
 
+def job_workdir(env: Mapping[str, str]) -> str | None:
+    """Where the job runs in the guest: PBS's submission directory, Slurm's working
+    directory (where slurmd started the job shell); as the node resolves it, which is
+    where the guests mount it."""
+    if env.get("PBS_O_WORKDIR"):
+        path = env["PBS_O_WORKDIR"]
+    elif env.get("SLURM_JOB_ID"):
+        try:
+            path = os.getcwd()
+        except OSError:
+            path = env.get("SLURM_SUBMIT_DIR", "")
+    else:
+        path = env.get("SLURM_SUBMIT_DIR", "")
+    if not path:
+        return None
+    real = os.path.realpath(path)
+    return real if os.path.isdir(real) else path
+
+
 def run(script: str, env: Mapping[str, str], job_id: str, user_dir: str, rank0: str) -> int:
     """Run `script` in Linux guest rank 0 (`rank0`, a host name the job's ssh_config in
-    `user_dir` knows) over SSH; returns the script's exit status (255: ssh failed)."""
+    `user_dir` knows) over SSH, with the job's vm_prologue and vm_epilogue around it in
+    every guest (jobshell/vmscripts.py); returns the job's exit status (255: ssh failed)."""
+    from vtorque.jobshell import vmscripts
     shell, shell_args = script_shell(script)
     asked = env.get("VTORQUE_SHELL", "")
     if _SHELL.fullmatch(asked):       # the user's qsub -S, kept by vsub for the guest
         shell, shell_args = asked, []
-    command = remote_command(guest_environment(env, job_id),
-                             env.get("PBS_O_WORKDIR") or env.get("SLURM_SUBMIT_DIR"),
-                             shell, shell_args)
-    ssh = [SSH, "-F", os.path.join(user_dir, "ssh_config"), "-T", rank0]
+    workdir = job_workdir(env)
+    guest_env = guest_environment(env, job_id)
+    command = remote_command(guest_env, workdir, shell, shell_args)
+    config = ["-F", os.path.join(user_dir, "ssh_config"), "-T"]
+    ssh = [SSH, *config, rank0]
     ssh_env = {"PATH": proc.SAFE_PATH, "HOME": env.get("HOME", "/"), "LC_ALL": "C"}
     # ssh's own failures and the script's exit status 255 look alike: make sure the
     # guest takes logins first (a busy node's guests can be slow to answer), bounded.
@@ -101,8 +123,20 @@ def run(script: str, env: Mapping[str, str], job_id: str, user_dir: str, rank0: 
         print(f"vtorque: job-shell: cannot log into guest {rank0}: {one_line(reason)}",
               file=sys.stderr)
         return 255
-    done = proc.run([*ssh, command], timeout=None, check=False, input=script,
-                    capture=False, env=ssh_env)
-    if done.returncode == 255:
-        print(f"vtorque: job-shell: ssh to guest {rank0} failed", file=sys.stderr)
-    return done.returncode
+
+    def run_script() -> int:
+        done = proc.run([*ssh, command], timeout=None, check=False, input=script,
+                        capture=False, env=ssh_env)
+        if done.returncode == 255:
+            print(f"vtorque: job-shell: ssh to guest {rank0} failed", file=sys.stderr)
+        return done.returncode
+
+    def run_in(guest: vmscripts.JobGuest, what: str, path: str, status: int) -> int:
+        extra = {"VTORQUE_VM_SCRIPT": what}
+        if what == vmscripts.EPILOGUE:
+            extra["VTORQUE_JOB_EXIT_STATUS"] = str(status)
+        line = vmscripts.script_command(path, {**guest_env, **extra}, workdir)
+        return proc.run([SSH, *config, guest.hostname, line], timeout=None, check=False,
+                        capture=False, env=ssh_env).returncode
+
+    return vmscripts.around(run_script, run_in, user_dir)

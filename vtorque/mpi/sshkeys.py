@@ -7,14 +7,19 @@ known_hosts with every guest's pinned host key, and every node can authorize the
 user key in its guests, without the nodes exchanging a single key. A job's keys say
 nothing about another job's (HMAC is one-way), and nothing is left to delete at teardown
 but the copies handed to the job.
+
+A job id alone does not name one job for ever: Slurm's ids wrap and restart with a new
+database, a reinstalled Torque server counts from 0 again, two clusters may share a
+secret. Keys of the id alone would then repeat for another job, and its owner's old
+private key would open the new job's guests. So the purpose is a KeyScope: the id, the
+owner's uid and the batch server's creation time of the job, which every node reads from
+the same record and which a reused id does not repeat.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import os
-import stat
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
@@ -23,6 +28,39 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from vtorque.errors import NodeError
 
 MIN_SECRET_BYTES = 32
+MAX_SECRET_BYTES = 1 << 16
+
+
+@dataclass(frozen=True)
+class KeyScope:
+    """The one job a key belongs to: what a reused job id does not repeat."""
+    job_id: str
+    uid: int           # the job owner's uid
+    created: int       # the batch server's creation (submit) time, seconds since the epoch
+
+    def purpose(self, what: str) -> str:
+        # No field can hold '/' (job ids never do, the others are numbers).
+        return f"vtorque/v2/{what}/{self.job_id}/{self.uid}/{self.created}"
+
+
+def scope_for(job_id: str, user: str, created: int | None, uid: int | None = None
+              ) -> KeyScope:
+    """The KeyScope of a job as the batch server reported it; the uid from the server when
+    it names one (Slurm), else the owner's account on this node. NodeError when either is
+    unknown: keys of the id alone could belong to an earlier job of the same id."""
+    from vtorque import jobid
+    jobid.check(job_id, "job")
+    if created is None or isinstance(created, bool) or not isinstance(created, int):
+        raise NodeError(f"the batch server gives no creation time for job {job_id}: its SSH "
+                        "keys cannot be bound to this job alone")
+    if uid is None:
+        import pwd
+        try:
+            uid = pwd.getpwnam(user).pw_uid
+        except (KeyError, TypeError, ValueError):
+            raise NodeError(f"the job's owner of job {job_id} has no account on this node"
+                            ) from None
+    return KeyScope(job_id, uid, created)
 
 
 @dataclass(frozen=True)
@@ -32,26 +70,16 @@ class KeyPair:
 
 
 def read_secret(path: str) -> bytes:
-    """The site secret: a root-owned file, mode 0600 or stricter, at least 32 bytes."""
+    """The site secret: root's file, mode 0600 or stricter, at least 32 bytes, in
+    directories only root can change (files.read_trusted)."""
+    from vtorque.files import read_trusted
     try:
-        # O_NONBLOCK: a FIFO at the path must not hang the hook (no effect on files).
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        secret = read_trusted(path, "site secret", limit=MAX_SECRET_BYTES, private=True)
     except FileNotFoundError:
         raise NodeError(f"site secret {path} is missing (config key secret_file; create it "
                         "with 32 random bytes, mode 0600, identical on every node)") from None
     except OSError as exc:
         raise NodeError(f"cannot read site secret {path}: {exc.strerror}") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise NodeError(f"site secret {path} is not a regular file")
-    with os.fdopen(fd, "rb") as handle:
-        if st.st_uid != 0 or st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise NodeError(f"site secret {path} must be owned by root with mode 0600")
-        try:
-            secret = handle.read()
-        except OSError as exc:
-            raise NodeError(f"cannot read site secret {path}: {exc.strerror}") from None
     if len(secret) < MIN_SECRET_BYTES:
         raise NodeError(f"site secret {path} is shorter than {MIN_SECRET_BYTES} bytes")
     return secret
@@ -68,11 +96,11 @@ def derive(secret: bytes, purpose: str) -> KeyPair:
     return KeyPair(private, public)
 
 
-def user_key(secret: bytes, job_id: str) -> KeyPair:
+def user_key(secret: bytes, job: KeyScope) -> KeyPair:
     """The key the job's owner logs into the job's guests with."""
-    return derive(secret, f"vtorque/user/{job_id}")
+    return derive(secret, job.purpose("user"))
 
 
-def host_key(secret: bytes, job_id: str, rank: int) -> KeyPair:
+def host_key(secret: bytes, job: KeyScope, rank: int) -> KeyPair:
     """The SSH host key of guest `rank` of the job."""
-    return derive(secret, f"vtorque/host/{job_id}/{rank}")
+    return derive(secret, f"{job.purpose('host')}/{rank}")

@@ -11,50 +11,72 @@ import pwd
 from vtorque import guest_layout
 from vtorque.config import Config
 from vtorque.errors import NodeError
-from vtorque.files import atomic_write, remove_tree
+from vtorque.files import atomic_write, make_dir, remove_tree
 from vtorque.journal import JobPaths
 from vtorque.mpi import hostfile, sshkeys
 from vtorque.request import VmRequest
 from vtorque.vm import addresses as addr
-from vtorque.vm import lifecycle
+from vtorque.vm import identity, lifecycle, shares
 from vtorque.vm.seed import SeedExtras
+from vtorque.vm.shares import ShareSpec
 from vtorque.vm.spec import GuestSpec, hostname
 
 
 def job_guests(job_id: str, request: VmRequest, node_count: int,
-               block: addr.AddressBlock | None, secret: bytes | None
-               ) -> list[hostfile.GuestEntry]:
-    """Every guest of the job, on every node, derived from the job alone."""
+               block: addr.AddressBlock | None, secret: bytes | None,
+               keys: sshkeys.KeyScope | None = None) -> list[hostfile.GuestEntry]:
+    """Every guest of the job, on every node, derived from the job alone (host keys: with
+    the site secret and the job's key scope)."""
     total = node_count * request.vms_per_node
+    pinned = secret is not None and keys is not None
     return [hostfile.GuestEntry(
         rank=rank, hostname=hostname(job_id, rank),
         address=block.address(rank) if block else None, slots=request.vcpus,
-        host_key=sshkeys.host_key(secret, job_id, rank).public if secret else None)
+        host_key=sshkeys.host_key(secret, keys, rank).public if pinned else None)
         for rank in range(total)]
+
+
+def job_shares(config: Config, user: str, workdir: str | None) -> tuple[ShareSpec, ...]:
+    """The directories the job's guests see at the node's paths: the job's working
+    directory and the owner's home (symlinks resolved, as the node sees them), and the
+    site's shares (batch.shares). Unsupported when the working directory cannot be a
+    mount point in a guest."""
+    home = pwd.getpwnam(user).pw_dir
+    return shares.plan_shares(workdir=os.path.realpath(workdir) if workdir else None,
+                              home=os.path.realpath(home) if home else None,
+                              site=config.batch.shares)
 
 
 def bring_up(job_id: str, request: VmRequest, config: Config, *, user: str | None,
              node_index: int = 0, node_count: int = 1, node: str | None = None,
-             run: int = 0) -> tuple[lifecycle.UpResult, list[hostfile.GuestEntry]]:
+             run: int = 0, workdir: str | None = None,
+             keys: sshkeys.KeyScope | None = None
+             ) -> tuple[lifecycle.UpResult, list[hostfile.GuestEntry]]:
     """Start this node's guests of the job, each knowing the whole job: addresses, hosts,
-    hostfiles and (when `user` is given) the job's SSH trust.
+    hostfiles and (when `user` is given) the job's SSH trust (`keys`: the one job the keys
+    belong to), QEMU under the owner's identity and the job's shares (`workdir`: the job's
+    working directory).
 
     Order matters: everything that can refuse the request is checked before the job's
     job-wide pieces are taken (a refused request holds no addresses), and this node
     joins the job (its `starting` status) before its first guest exists."""
     from vtorque.cluster import jobwide
     from vtorque.node import node_name
+    if user and keys is None:
+        raise NodeError(f"job {job_id}: no key scope for the owner's SSH trust")
     plan = lifecycle.check(job_id, request, config)
+    owner = identity.of_owner(user) if user else None
+    job_dirs = job_shares(config, user, workdir) if user else ()
     total = node_count * request.vms_per_node
     block = jobwide.join(config, job_id, node or node_name(config.node_name), run, total)
     rdma, rdma_env, functions = rdma_plan(job_id, request, config, total,
                                           node_index * request.vms_per_node)
     secret = sshkeys.read_secret(config.secret_file) if user else None
-    guests = job_guests(job_id, request, node_count, block, secret)
+    guests = job_guests(job_id, request, node_count, block, secret, keys)
     hosts = hostfile.hosts_lines(guests)
     hosts_file = hostfile.openmpi_hostfile(guests)
     nodes_file = hostfile.nodefile(guests)
-    user_key = sshkeys.user_key(secret, job_id) if secret else None
+    user_key = sshkeys.user_key(secret, keys) if secret and keys else None
     authorized = ((user, user_key.public),) if user_key else ()
     known = hostfile.known_hosts(guests)
 
@@ -63,7 +85,7 @@ def bring_up(job_id: str, request: VmRequest, config: Config, *, user: str | Non
     setup, device = soft_roce_setup(rdma)
 
     def extras(spec: GuestSpec) -> SeedExtras:
-        host = sshkeys.host_key(secret, job_id, spec.rank) if secret else None
+        host = sshkeys.host_key(secret, keys, spec.rank) if secret and keys else None
         return SeedExtras(hosts=hosts, host_key_private=host.private_openssh if host else None,
                           host_key_public=host.public if host else None,
                           authorized_keys=authorized, hostfile=hosts_file,
@@ -76,7 +98,7 @@ def bring_up(job_id: str, request: VmRequest, config: Config, *, user: str | Non
     try:
         result = lifecycle.start(plan, config, first_rank=node_index * request.vms_per_node,
                                  addresses=block, extras=extras, rdma=rdma,
-                                 functions=functions)
+                                 functions=functions, owner=owner, shares=job_dirs)
     except BaseException:
         if functions:
             from vtorque.epilogue.teardown import release_functions
@@ -129,8 +151,23 @@ def rdma_plan(job_id: str, request: VmRequest, config: Config, guests: int,
     return rdma, transport.job_environment(rdma, config.ibverbs.transport, pkey), functions
 
 
+def vm_scripts(paths: JobPaths) -> dict[str, str]:
+    """The job's vm_prologue and vm_epilogue as the job shell reads them (`vm-prologue`,
+    `vm-epilogue`: the guest path, or empty), from what this node's start of the job
+    recorded in its journal (root's, in the job's root-owned directory)."""
+    from vtorque.journal import Journal
+    found = {"vm-prologue": "", "vm-epilogue": ""}
+    for entry in Journal(paths.journal).entries(owner=0):
+        if entry.get("event") == "job-start":
+            for key, name in (("vm_prologue", "vm-prologue"), ("vm_epilogue", "vm-epilogue")):
+                value = entry.get(key)
+                found[name] = value + "\n" if isinstance(value, str) and value else ""
+    return found
+
+
 def write_user_files(job_id: str, config: Config, user: str,
-                     guests: list[hostfile.GuestEntry], guest_kind: str = "linux") -> str:
+                     guests: list[hostfile.GuestEntry], keys: sshkeys.KeyScope,
+                     guest_kind: str = "linux") -> str:
     """The job owner's files on the mother superior: the job's private key, the guests'
     pinned host keys, an ssh_config, the hostfiles. A directory 0700 owned by the user,
     filled while still root-owned so nothing the user plants can redirect a write."""
@@ -138,10 +175,10 @@ def write_user_files(job_id: str, config: Config, user: str,
     account = pwd.getpwnam(user)
     secret = sshkeys.read_secret(config.secret_file)
     remove_tree(paths.user_dir)
-    os.mkdir(paths.user_dir, 0o700)
+    make_dir(paths.user_dir, 0o700)
     directory = paths.user_dir
     files = {
-        "id_ed25519": sshkeys.user_key(secret, job_id).private_openssh,
+        "id_ed25519": sshkeys.user_key(secret, keys).private_openssh,
         "known_hosts": hostfile.known_hosts(guests),
         "ssh_config": hostfile.ssh_config(user, os.path.join(directory, "id_ed25519"),
                                           os.path.join(directory, "known_hosts"), guests),
@@ -150,6 +187,9 @@ def write_user_files(job_id: str, config: Config, user: str,
         "rank0": guests[0].hostname + "\n",
         "rank0-address": (guests[0].address or "") + "\n",
         "guest-kind": guest_kind + "\n",      # osv: the job runs through OSv's REST API
+        # Every guest, for the job's vm_prologue and vm_epilogue: "HOSTNAME ADDRESS".
+        "guests": "".join(f"{g.hostname} {g.address or '-'}\n" for g in guests),
+        **vm_scripts(paths),
     }
     for name, text in files.items():
         atomic_write(os.path.join(directory, name), text, mode=0o600)

@@ -100,7 +100,13 @@ def _bring_up(ctx: JobContext, config: Config, index: int):
     from vtorque.prologue.guests import bring_up
     return bring_up(ctx.job_id, _request(ctx, config), config, user=ctx.user,
                     node_index=index, node_count=len(ctx.nodes), node=ctx.nodes[index],
-                    run=ctx.run_count)
+                    run=ctx.run_count, workdir=ctx.workdir, keys=_keys(ctx))
+
+
+def _keys(ctx: JobContext):
+    """The one job the SSH keys belong to (NodeError when the server does not say)."""
+    from vtorque.mpi import sshkeys
+    return sshkeys.scope_for(ctx.job_id, ctx.user, ctx.created, ctx.uid)
 
 
 def _job_entries(ctx: JobContext, config: Config):
@@ -113,7 +119,7 @@ def _job_entries(ctx: JobContext, config: Config):
     if config.network.mode != "none":
         block = addresses.allocate(config, ctx.job_id, len(ctx.nodes) * request.vms_per_node)
     return job_guests(ctx.job_id, request, len(ctx.nodes), block,
-                      sshkeys.read_secret(config.secret_file))
+                      sshkeys.read_secret(config.secret_file), _keys(ctx))
 
 
 def _publish_failure(config: Config, ctx: JobContext, name: str, reason: str,
@@ -153,7 +159,7 @@ def assemble_job(ctx: JobContext, config: Config, entries: list | None = None) -
             kinds = [g.get("kind") for g in statuses[name].guests if isinstance(g, dict)]
             write_user_files(ctx.job_id, config, ctx.user,
                              entries if entries is not None else _job_entries(ctx, config),
-                             kinds[0] if kinds and kinds[0] else "linux")
+                             _keys(ctx), kinds[0] if kinds and kinds[0] else "linux")
             return Outcome.run()
         except (VtorqueError, OSError, KeyError) as exc:
             failed = [handoff.NodeStatus(name, handoff.FAILED,

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import grp
 import os
-import pwd
 import secrets
 import time
 from collections.abc import Callable
@@ -24,16 +22,25 @@ from dataclasses import dataclass, field
 
 from vtorque import node
 from vtorque.config import Config
-from vtorque.errors import HypervisorError, NodeError, ResourceError, TeardownError, VtorqueError
-from vtorque.files import ensure_parent_dirs, make_dir, remove_file, remove_tree
+from vtorque.errors import (
+    HypervisorError,
+    ImageError,
+    NodeError,
+    ResourceError,
+    TeardownError,
+    Unsupported,
+    VtorqueError,
+)
+from vtorque.files import ensure_trusted_dir, make_dir, remove_file, remove_tree
 from vtorque.images import Catalog, Image
 from vtorque.journal import JobPaths, Journal
 from vtorque.request import VmRequest, check_fits_node, check_image_matches, image_name
-from vtorque.vm import disks, readiness
+from vtorque.vm import disks, identity, readiness
+from vtorque.vm.addresses import AddressBlock
 from vtorque.vm.host import Host
 from vtorque.vm.render import domain_xml, network_filters
-from vtorque.vm.addresses import AddressBlock
 from vtorque.vm.seed import SeedExtras, seed_documents, write_seed_iso
+from vtorque.vm.shares import ShareSpec
 from vtorque.vm.spec import GuestSpec, build_guest_specs
 
 LOCK_TIMEOUT = 30.0
@@ -77,7 +84,9 @@ def _job_lock(paths: JobPaths):
     wins the lock on the unlinked file notices (the path no longer names its inode) and
     starts over on a fresh file, so two holders can never coexist.
     """
-    ensure_parent_dirs(os.path.dirname(paths.lock), 0o700)
+    # The state directory first, so that a sticky or shared one is refused as a parent.
+    ensure_trusted_dir(os.path.dirname(os.path.dirname(paths.lock)), 0o755)
+    ensure_trusted_dir(os.path.dirname(paths.lock), 0o700)
     deadline = time.monotonic() + LOCK_TIMEOUT
     while True:
         fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -124,6 +133,14 @@ def check(job_id: str, request: VmRequest, config: Config,
                                  checksum_cache=os.path.join(config.state_dir, ".checksums"))
     image = catalog.authorize(image_name(request, catalog))
     check_image_matches(request, image, config)
+    if image.kind == "osv":
+        if request.disk_mib:
+            raise Unsupported(f"image {image.name!r} is an OSv image: OSv mounts no data "
+                              "disk (-vm disk); leave it out")
+        if config.network.mode != "none" and image.kernel is None:
+            raise ImageError(f"image {image.name!r}: an OSv guest learns its address only "
+                             "from its command line, so its descriptor needs kernel and "
+                             "cmdline (direct kernel boot)")
     facts = node.facts()
     check_fits_node(request, facts.cores, facts.memory_mib, config)
     _check_free_space(request, config)
@@ -139,17 +156,26 @@ def up(job_id: str, request: VmRequest, config: Config, *, catalog: Catalog | No
 def start(plan: Plan, config: Config, *, first_rank: int = 0,
        addresses: AddressBlock | None = None,
        extras: Callable[[GuestSpec], SeedExtras] | None = None,
-       rdma: str | None = None, functions: dict[int, str] | None = None) -> UpResult:
+       rdma: str | None = None, functions: dict[int, str] | None = None,
+       owner: identity.Identity | None = None,
+       shares: tuple[ShareSpec, ...] = ()) -> UpResult:
     """Start this node's guests of the checked plan and wait until all answer.
 
     `rdma` is the transport decided for the job here; `functions` maps a guest rank to
-    the PCI address of the virtual function it gets (assigned by the caller)."""
+    the PCI address of the virtual function it gets (assigned by the caller). With
+    `owner`, QEMU runs under the job owner's identity and the guests mount `shares`;
+    without, as qemu_user/qemu_group with no shares."""
     started = time.monotonic()
     job_id, request, image = plan.job_id, plan.request, plan.image
     paths = paths_for(job_id, config)
-    qemu_uid, qemu_gid = qemu_ids(config)
+    qemu = owner or identity.of_config(config)
     tokens = [secrets.token_hex(8) for _ in range(request.vms_per_node)]
     domain_type = node.domain_type(config.hypervisor)
+    if domain_type == "kvm":
+        problem = identity.kvm_problem(qemu)
+        if problem:
+            raise NodeError(problem)
+    shares = identity.usable_shares(qemu, shares if owner else (), image, config)
     try:
         with _job_lock(paths), Host(config.libvirt_uri) as host:
             if host.tagged_domains(job_id, _node(config)) or os.path.lexists(paths.job_dir):
@@ -159,10 +185,13 @@ def start(plan: Plan, config: Config, *, first_rank: int = 0,
                 specs = build_guest_specs(paths=paths, request=request, image=image,
                                           config=config, domain_type=domain_type,
                                           first_rank=first_rank, tokens=tokens,
-                                          qemu_uid=qemu_uid, qemu_gid=qemu_gid,
+                                          qemu_uid=qemu.uid, qemu_gid=qemu.gid,
                                           addresses=addresses, node=_node(config),
-                                          rdma=rdma, functions=functions or {})
-                return _provision(paths, specs, host, config, started, extras)
+                                          rdma=rdma, functions=functions or {},
+                                          shares=shares,
+                                          owner=(qemu.uid, qemu.gid) if owner else None)
+                return _provision(paths, specs, host, config, started, extras,
+                                  (request.vm_prologue, request.vm_epilogue), image)
             except BaseException as exc:
                 try:
                     _teardown(paths, host, config)
@@ -177,16 +206,18 @@ def start(plan: Plan, config: Config, *, first_rank: int = 0,
 
 
 def _provision(paths: JobPaths, specs: list[GuestSpec], host: Host, config: Config,
-               started: float,
-               extras: Callable[[GuestSpec], SeedExtras] | None) -> UpResult:
-    ensure_parent_dirs(config.state_dir, 0o755)
+               started: float, extras: Callable[[GuestSpec], SeedExtras] | None,
+               vm_scripts: tuple[str | None, str | None], image: Image) -> UpResult:
+    ensure_trusted_dir(config.state_dir, 0o755)
     make_dir(paths.job_dir, 0o710, gid=specs[0].qemu_gid)
     if any(disk.path.startswith(paths.ramdisk_dir + "/")
            for spec in specs for disk in (spec.overlay, spec.scratch) if disk):
-        ensure_parent_dirs(config.ramdisk_dir, 0o755)
+        ensure_trusted_dir(config.ramdisk_dir, 0o755)
         make_dir(paths.ramdisk_dir, 0o710, gid=specs[0].qemu_gid)
     journal = Journal(paths.journal)
-    journal.record("job-start", job_id=paths.job_id, guests=[s.name for s in specs])
+    journal.record("job-start", job_id=paths.job_id, guests=[s.name for s in specs],
+                   qemu_uid=specs[0].qemu_uid, shares=[x.source for x in specs[0].shares],
+                   vm_prologue=vm_scripts[0], vm_epilogue=vm_scripts[1])
     if any(spec.nic and spec.nic.peers for spec in specs):
         host.ensure_filters(network_filters())
     timeouts = config.timeouts
@@ -198,7 +229,7 @@ def _provision(paths: JobPaths, specs: list[GuestSpec], host: Host, config: Conf
         if spec.seed is not None:
             write_seed_iso(spec.seed.path,
                            seed_documents(spec, extras(spec) if extras else None),
-                           gid=spec.qemu_gid)
+                           uid=spec.qemu_uid, gid=spec.qemu_gid)
             made.append(spec.seed.path)
         uuid = host.start_transient(domain_xml(spec))
         journal.record("guest-started", domain=spec.name, rank=spec.rank, uuid=uuid,
@@ -211,9 +242,15 @@ def _provision(paths: JobPaths, specs: list[GuestSpec], host: Host, config: Conf
         first = failures[0]
         raise first if isinstance(first, VtorqueError) else HypervisorError(
             f"starting guests failed: {first}")
+    # QEMU and qemu-img opened the image's files by path: refuse guests of a file that
+    # was replaced or rewritten after the catalog verified it.
+    Catalog(config.image_pool).verify_unchanged(image)
     remaining = timeouts.provision - (time.monotonic() - started)
     ready = readiness.wait_ready(specs, min(timeouts.guest_ready, max(remaining, 1.0)),
                                  host.state)
+    for spec in specs:
+        if spec.ready_url:       # OSv: the host name comes through its REST API
+            readiness.osv_set_hostname(spec)
     journal.record("job-ready", seconds=round(time.monotonic() - started, 3))
     guests = [Guest(s.job_id, s.rank, s.name, s.hostname, "running",
                     s.nic.mac if s.nic else None, round(ready[s.name], 3),
@@ -246,9 +283,6 @@ def _teardown(paths: JobPaths, host: Host, config: Config) -> list[str]:
         names = [d.name for d in host.tagged_domains(paths.job_id, _node(config))]
     except HypervisorError as exc:
         failures.append(str(exc))
-    for name in Journal(paths.journal).domain_names():
-        if name not in names:
-            names.append(name)
     deadline = time.monotonic() + config.timeouts.teardown
     destroyed = []
     for name in names:
@@ -309,9 +343,6 @@ def _node(config: Config) -> str:
 
 
 def qemu_ids(config: Config) -> tuple[int, int]:
-    """uid and gid QEMU runs as (config keys qemu_user, qemu_group)."""
-    try:
-        return pwd.getpwnam(config.qemu_user).pw_uid, grp.getgrnam(config.qemu_group).gr_gid
-    except KeyError:
-        raise NodeError(f"QEMU user {config.qemu_user!r} or group {config.qemu_group!r} does "
-                        "not exist on this node (config keys qemu_user, qemu_group)") from None
+    """uid and gid QEMU runs as without a job owner (config keys qemu_user, qemu_group)."""
+    qemu = identity.of_config(config)
+    return qemu.uid, qemu.gid

@@ -47,6 +47,30 @@ def api_answers(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
+def osv_set_hostname(spec: GuestSpec, timeout: float = 10.0, attempts: int = 3) -> None:
+    """Give a ready OSv guest its host name (POST /os/hostname?name=...; OSv takes none
+    from its command line). GuestError when its REST API refuses."""
+    import urllib.parse
+    import urllib.request
+    base = spec.ready_url.rsplit("/os/", 1)[0]
+    url = f"{base}/os/hostname?" + urllib.parse.urlencode({"name": spec.hostname})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    reason = ""
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(0.5 * attempt)
+        try:
+            with opener.open(urllib.request.Request(url, data=b"", method="POST"),
+                             timeout=timeout) as reply:
+                if 200 <= reply.status < 300:
+                    return
+                reason = f"HTTP {reply.status}"
+        except OSError as exc:
+            reason = str(getattr(exc, "reason", exc))[:120]
+    raise GuestError(f"guest {spec.name}: setting its host name through OSv's REST API "
+                     f"failed: {reason}")
+
+
 def console_error(path: str) -> str | None:
     """The first `vtorque-error ...` line of a console log, if any."""
     try:

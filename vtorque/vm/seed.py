@@ -5,8 +5,9 @@ network-config; the direct-boot test guest's /init (scripts/build-test-image) re
 plain vtorque-* files. What cloud-init does with the user-data, in its order:
 
 - init stage: bootcmd (the owner's group, with its gid: cloud-init 22.4 cannot give a
-  group a gid), write_files (everything root-owned), set_hostname, users-groups (the
-  owner's account), ssh (the pinned host key). sshd starts after this stage.
+  group a gid; the job's shares and /data, vm/mounts.py), write_files (everything
+  root-owned), set_hostname, users-groups (the owner's account), ssh (the pinned host
+  key). sshd starts after this stage.
 - final stage: deferred write_files (files owned by the owner, who exists by then), then
   runcmd: Soft-RoCE, then a check of everything above that prints the ready line, or a
   `vtorque-error ...` line naming what is missing.
@@ -29,6 +30,7 @@ import yaml
 
 from vtorque import guest_layout
 from vtorque.errors import Unsupported
+from vtorque.vm import mounts
 from vtorque.vm.spec import GuestSpec
 
 
@@ -196,6 +198,7 @@ def check_script(spec: GuestSpec, extras: SeedExtras) -> str:
                        (guest_layout.NODEFILE, extras.nodefile)):
         if text:
             s += _want(f"[ -s {path} ]", f"seed files: {path} is missing")
+    s += mounts.check_lines(spec)
     if spec.nic is not None:
         s += _want("[ -e /sys/class/net/eth0 ]", "network: no eth0")
         if spec.nic.address:
@@ -258,11 +261,15 @@ def seed_documents(spec: GuestSpec, extras: SeedExtras | None = None) -> dict[st
         "runcmd": [*(list(c) for c in extras.rdma_setup),
                    ["sh", "-c", check_script(spec, extras)]],
     }
+    bootcmd: list = []
     if extras.user:
         bootcmd, account = _account(extras)
-        if bootcmd:
-            user["bootcmd"] = bootcmd
         user["users"] = [account]
+    mount = mounts.mount_script(spec)
+    if mount:
+        bootcmd.append(["sh", "-c", mount])
+    if bootcmd:
+        user["bootcmd"] = bootcmd
     write_files: list[dict] = [{"path": "/etc/hosts", "content": hosts_file(spec, extras),
                                 "permissions": "0644"}]
     if extras.host_key_private:
@@ -343,13 +350,16 @@ def seed_documents(spec: GuestSpec, extras: SeedExtras | None = None) -> dict[st
         docs["vtorque-nodefile"] = extras.nodefile
     if extras.env:
         docs["vtorque-env"] = "".join(f"{k}={v}\n" for k, v in extras.env)
+    if spec.shares or spec.scratch is not None:
+        docs[mounts.TEST_GUEST_FILE] = mounts.test_guest_file(spec)
     return docs
 
 
-def write_seed_iso(path: str, documents: dict[str, str], mode: int = 0o640,
-                   gid: int | None = None) -> None:
+def write_seed_iso(path: str, documents: dict[str, str], mode: int = 0o400,
+                   gid: int | None = None, uid: int | None = None) -> None:
     """Write an ISO 9660 image labelled `cidata` holding `documents` (Joliet + Rock Ridge
-    names, so cloud-init sees meta-data, not META_DAT.;1)."""
+    names, so cloud-init sees meta-data, not META_DAT.;1), owned by `uid`:`gid` (the
+    guest's QEMU identity: it holds the guest's private host key)."""
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
     for index, (name, text) in enumerate(sorted(documents.items())):
@@ -361,8 +371,8 @@ def write_seed_iso(path: str, documents: dict[str, str], mode: int = 0o640,
     try:
         with os.fdopen(fd, "wb") as handle:
             iso.write_fp(handle)
-        if gid is not None:
-            os.chown(tmp, -1, gid)
+        if uid is not None or gid is not None:
+            os.chown(tmp, -1 if uid is None else uid, -1 if gid is None else gid)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:

@@ -8,6 +8,7 @@ branches elsewhere.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -17,9 +18,15 @@ from vtorque.images import Image
 from vtorque.journal import JobPaths
 from vtorque.request import VmRequest
 from vtorque.vm.addresses import AddressBlock
+from vtorque.vm.shares import ShareSpec
 
 READY_PREFIX = "vtorque-ready"
 HOSTROOT_TAG = "hostroot"
+# Rank 0's scratch disk (request key disk): an ext4 file system made on the node, found in
+# the guest by this virtio serial and mounted at DATA_MOUNT.
+DATA_SERIAL = "vtorque-data"
+DATA_MOUNT = "/data"
+DATA_LABEL = "vtorque-data"
 OSV_API_PORT = 8000
 # What QEMU itself needs locked beyond the guest's RAM when a guest has VFIO devices
 # (libvirt's own default when it sizes the limit).
@@ -37,6 +44,7 @@ class DiskSpec:
     readonly: bool = False
     cache: str | None = None        # QEMU's cache mode; None: QEMU's default
     discard: str | None = None      # "unmap": the guest's TRIM frees overlay space
+    serial: str | None = None       # the virtio disk's serial, as the guest sees it
 
 
 @dataclass(frozen=True)
@@ -74,13 +82,13 @@ class GuestSpec:
     overlay: DiskSpec | None         # the guest's root disk (qcow2 overlay on the image)
     base_image: str | None           # the overlay's backing file
     base_format: str | None
-    scratch: DiskSpec | None         # rank 0's scratch disk (request key disk)
+    scratch: DiskSpec | None         # rank 0's scratch disk (request key disk): raw ext4
     scratch_mib: int
     seed: DiskSpec | None            # cloud-init NoCloud seed
     nic: NicSpec | None
     console_log: str
     ready_token: str
-    qemu_uid: int
+    qemu_uid: int                    # QEMU's identity (the job owner's, vm/identity.py)
     qemu_gid: int
     image_name: str
     image_digest: str | None
@@ -91,6 +99,10 @@ class GuestSpec:
     rdma: str | None = None          # sriov | soft-roce | None
     hostdevs: tuple[str, ...] = ()   # PCI addresses of functions passed through (VFIO)
     rng: bool = True                 # a virtio-rng device fed by the host's /dev/urandom
+    shares: tuple[ShareSpec, ...] = ()   # host directories at the same paths (9p)
+    # The job owner's uid and gid: they own /data (None without an owner: root does).
+    owner_uid: int | None = None
+    owner_gid: int | None = None
 
     @property
     def hostdev_addresses(self) -> tuple[tuple[str, str, str, str], ...]:
@@ -140,9 +152,11 @@ def pinned_cores(config: Config, request: VmRequest, local_index: int) -> tuple[
     return tuple(range(first, first + request.vcpus))
 
 
-# What differs between the kinds of guest, decided here once (virtinst's set_defaults):
-# OSv hangs on q35 under TCG right after its virtio-blk probe, and its disk is read
-# without the page cache; Linux guests may TRIM their overlays.
+# What differs between the kinds of guest, decided here once (virtinst's set_defaults).
+# OSv gets machine pc: its tested machine, and q35 gives it nothing (no passthrough for
+# OSv) while its boot hangs there whenever an AHCI CD-ROM is attached; its disk is read
+# without the page cache. Linux guests may TRIM their overlays. OSv mounts no shares (it
+# has no 9p client) and has no cloud-init.
 @dataclass(frozen=True)
 class KindDefaults:
     machine: str | None          # None: the site's machine_type
@@ -151,12 +165,13 @@ class KindDefaults:
     disk_discard: str | None
     seed: bool                   # a cloud-init NoCloud seed disk
     rng: bool
+    shares: bool                 # mounts the job's shares
 
 
 KIND_DEFAULTS = {
-    "linux": KindDefaults(None, "", None, "unmap", True, True),
-    "kernel": KindDefaults(None, "", None, "unmap", True, True),
-    "osv": KindDefaults("pc", " (OSv)", "none", None, False, False),
+    "linux": KindDefaults(None, "", None, "unmap", True, True, True),
+    "kernel": KindDefaults(None, "", None, "unmap", True, True, True),
+    "osv": KindDefaults("pc", " (OSv)", "none", None, False, False, False),
 }
 
 
@@ -165,11 +180,14 @@ def build_guest_specs(*, paths: JobPaths, request: VmRequest, image: Image, conf
                       qemu_uid: int, qemu_gid: int,
                       addresses: AddressBlock | None = None,
                       node: str = "", rdma: str | None = None,
-                      functions: dict[int, str] | None = None) -> list[GuestSpec]:
+                      functions: dict[int, str] | None = None,
+                      shares: tuple[ShareSpec, ...] = (),
+                      owner: tuple[int, int] | None = None) -> list[GuestSpec]:
     """Specs for the `request.vms_per_node` guests of this node, ranks from `first_rank`.
 
     `rdma` is the job's transport here; `functions` maps a rank to the PCI address of the
-    virtual function it gets (SR-IOV)."""
+    virtual function it gets (SR-IOV); `shares` are the job's host directories (every
+    guest mounts them); `owner` the job owner's (uid, gid)."""
     functions = functions or {}
     if len(tokens) != request.vms_per_node:
         raise ValueError("one ready token per guest is needed")
@@ -187,9 +205,10 @@ def build_guest_specs(*, paths: JobPaths, request: VmRequest, image: Image, conf
                                cache=kind.disk_cache, discard=kind.disk_discard)
         scratch = None
         if rank == 0 and request.disk_mib:
-            scratch = DiskSpec(os.path.join(disk_dir, f"{name}.scratch.qcow2"), "qcow2",
+            # Raw: the node makes the file system in it before the guest starts.
+            scratch = DiskSpec(os.path.join(disk_dir, f"{name}.data.raw"), "raw",
                                "vdb" if overlay else "vda", cache=kind.disk_cache,
-                               discard=kind.disk_discard)
+                               discard=kind.disk_discard, serial=DATA_SERIAL)
         seed = None
         if kind.seed:
             used = [d.target for d in (overlay, scratch) if d]
@@ -212,6 +231,8 @@ def build_guest_specs(*, paths: JobPaths, request: VmRequest, image: Image, conf
         cmdline = None
         if image.kind == "kernel":
             cmdline = _kernel_cmdline(image, host, tokens[index], nic, rdma)
+        elif image.kind == "osv" and image.kernel is not None:
+            cmdline = osv_cmdline(image.cmdline, nic)
         hostdevs = (functions[rank],) if rank in functions else ()
         specs.append(GuestSpec(
             job_id=paths.job_id, rank=rank, node=node, name=name, hostname=host,
@@ -235,7 +256,9 @@ def build_guest_specs(*, paths: JobPaths, request: VmRequest, image: Image, conf
             host_share=image.host_share,
             ready_url=(f"http://{nic.address}:{OSV_API_PORT}/os/version"
                        if image.kind == "osv" and nic and nic.address else None),
-            rdma=rdma, hostdevs=hostdevs, rng=kind.rng))
+            rdma=rdma, hostdevs=hostdevs, rng=kind.rng,
+            shares=shares if kind.shares else (),
+            owner_uid=owner[0] if owner else None, owner_gid=owner[1] if owner else None))
     return specs
 
 
@@ -243,6 +266,21 @@ def _digest(image: Image) -> str | None:
     """What identifies the image's content: its disk's sha256, else its kernel's."""
     main = image.disk or image.kernel
     return main.sha256 if main else None
+
+
+def osv_cmdline(image_cmdline: str, nic: NicSpec | None) -> str:
+    """An OSv guest's command line: the image's loader options, this guest's address
+    (OSv has no other way to learn a static one, and without it waits for DHCP forever),
+    then the image's command. Loader options come before the first word without `-`."""
+    words = image_cmdline.split()
+    cut = next((i for i, w in enumerate(words) if not w.startswith("-")), len(words))
+    extra = []
+    if nic is not None and nic.address:
+        mask = ipaddress.IPv4Network(f"0.0.0.0/{nic.prefix}").netmask
+        extra.append(f"--ip=eth0,{nic.address},{mask}")
+        if nic.gateway:
+            extra.append(f"--defaultgw={nic.gateway}")
+    return " ".join(words[:cut] + extra + words[cut:])
 
 
 def _kernel_cmdline(image: Image, host: str, token: str, nic: NicSpec | None,
