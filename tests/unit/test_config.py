@@ -319,6 +319,17 @@ def test_cli_config_check_ok(capsys, tmp_path: Path, pool_dir: Path, where: str)
     assert err == ""
 
 
+def test_cli_config_check_reports_a_path_the_hooks_would_refuse(capsys, tmp_path: Path,
+                                                                pool_dir: Path) -> None:
+    """A config that loads is not enough: a missing secret fails every VM job later."""
+    text = _site(tmp_path, pool_dir)
+    (tmp_path / "secret").unlink()
+    path = _write(tmp_path, text)
+    assert cli.main(["config", "check", "--config", path]) == 1
+    out = capsys.readouterr().out
+    assert "secret_file" in out and "ok" not in out.split()
+
+
 def test_cli_config_check_lists_every_problem(capsys, tmp_path: Path, pool_dir: Path) -> None:
     path = _write(tmp_path, f"image_pool: {pool_dir}\nbogus: 1\nlimits: {{vcpus: 0}}\n"
                   "network: {mode: wifi}\n")

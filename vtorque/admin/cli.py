@@ -1,7 +1,11 @@
-"""`vtorque`: the admin's and the hooks' command.
+"""`vtorque`: the admin's, the users' and the hooks' command.
 
+    vtorque status [JOB] [--json]
+    vtorque ssh JOB [RANK] [-- COMMAND]     vtorque console JOB [RANK] [--follow]
+    vtorque doctor [--json] [--hooks PATH]
     vtorque config check [--config PATH]
-    vtorque image list | vtorque image check NAME
+    vtorque image list|verify | image check|remove NAME | image add NAME FILE ...
+    vtorque metrics [--write]
     vtorque vm up --job ID --request 'img=NAME,vcpus=1,ram=256M,vms_per_node=2'
     vtorque vm list [--job ID]
     vtorque vm down --job ID
@@ -29,35 +33,18 @@ def _load(args) -> config_mod.Config:
 def cmd_config_check(args) -> int:
     path = config_mod.resolve_path(args.config)
     try:
-        config_mod.load(path)
+        cfg = config_mod.load(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"{path}: {problem}")
         return 1
+    from vtorque.config.trust import path_problems
+    problems = path_problems(cfg)
+    for problem in problems:
+        print(f"{path}: {problem}")
+    if problems:
+        return 1
     print("ok")
-    return 0
-
-
-def cmd_image_list(args) -> int:
-    from vtorque.images import Catalog
-    cfg = _load(args)
-    catalog = Catalog(cfg.image_pool)
-    for name in catalog.names():
-        try:
-            image = catalog.describe(name)
-            print(f"{name}\t{image.kind}\t{image.distro}\t{image.arch}")
-        except VtorqueError as exc:
-            print(f"{name}\tBROKEN\t{exc}")
-    return 0
-
-
-def cmd_image_check(args) -> int:
-    from vtorque.images import Catalog
-    cfg = _load(args)
-    catalog = Catalog(cfg.image_pool,
-                      checksum_cache=os.path.join(cfg.state_dir, ".checksums"))
-    image = catalog.authorize(args.name)
-    print(f"{image.name}: authorized ({image.kind}, {image.distro}, {image.arch})")
     return 0
 
 
@@ -68,7 +55,12 @@ def cmd_vm_up(args) -> int:
     cfg = _load(args)
     request = parse_request(args.request, cfg)
     try:
-        result, _ = bring_up(args.job, request, cfg, user=args.user)
+        keys = None
+        if args.user:       # guests started by hand: the keys of this start alone
+            import time
+            from vtorque.mpi.sshkeys import scope_for
+            keys = scope_for(args.job, args.user, int(time.time()))
+        result, _ = bring_up(args.job, request, cfg, user=args.user, keys=keys)
     except VtorqueError as exc:
         try:        # give back what this call took (the address block above all)
             clean_node(args.job, cfg)
@@ -174,12 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", dest="config", default=argparse.SUPPRESS)
     check.set_defaults(func=cmd_config_check)
 
-    img = sub.add_parser("image", help="the authorized image pool")
-    img_sub = img.add_subparsers(dest="action", required=True)
-    img_sub.add_parser("list", help="list catalog images").set_defaults(func=cmd_image_list)
-    img_check = img_sub.add_parser("check", help="run every root-side check on one image")
-    img_check.add_argument("name")
-    img_check.set_defaults(func=cmd_image_check)
+    from vtorque.admin import doctor, imagecmd, login, metrics, status
+    status.add_parser(sub)
+    login.add_parsers(sub)
+    doctor.add_parser(sub)
+    imagecmd.add_parsers(sub)
+    metrics.add_parser(sub)
 
     vm = sub.add_parser("vm", help="a job's guests on this node")
     vm_sub = vm.add_subparsers(dest="action", required=True)
@@ -221,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if os.geteuid() == 0:
+        os.umask(0o022)     # what root makes has the modes it asks for (see hooks)
     try:
         if getattr(args, "job", None) is not None:
             from vtorque import jobid

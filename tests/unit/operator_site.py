@@ -1,0 +1,27 @@
+"""Helpers of the operator-command tests (status, ssh, console, doctor, image, metrics):
+a config written to a file, as the `vtorque` command reads it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vtorque import config as config_mod
+
+
+def merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def write_config(path: Path, data: dict[str, Any], overrides: dict | None = None):
+    """Write `data` merged with `overrides` to `path`; the loaded Config."""
+    path.write_text(yaml.safe_dump(merge(data, overrides or {})))
+    return config_mod.load(str(path))
