@@ -7,7 +7,6 @@ submit side ran at all.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -127,6 +126,7 @@ def split_pairs(texts: Iterable[str]) -> dict[str, str]:
             key = key.strip()
             value = value.strip()
             if key not in VM_KEYS:
+                import difflib  # here: only a mistyped key pays for it
                 close = difflib.get_close_matches(key, VM_KEYS, n=1) if len(key) <= 40 else []
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 raise RequestError(f"unknown -vm key {shown(key)}{hint}; known keys: "
@@ -263,6 +263,70 @@ def check_fits_node(request: VmRequest, cores: int, memory_mib: int, config: Con
             f"-vm ram={format_mib(request.ram_mib)} x vms_per_node={request.vms_per_node} "
             f"needs {format_mib(want_mib)}; this node offers {format_mib(max(usable_mib, 0))} "
             f"(its memory minus host_reserve.memory)", key="ram")
+
+
+# What QEMU itself holds beyond a guest's RAM, per guest: its binary, libraries, device
+# models and I/O buffers (a fixed part), each vCPU's thread and KVM state, and the page
+# tables for the guest's memory (1/512 of it). An estimate, on the safe side of what a
+# q35 guest with virtio devices shows; a guest with VFIO devices locks more (vm/spec.py).
+QEMU_FIXED_MIB = 64
+QEMU_PER_VCPU_MIB = 4
+QEMU_PAGE_TABLE_DIVISOR = 512
+
+
+def qemu_overhead_mib(request: VmRequest) -> int:
+    """QEMU's own memory for one guest of `request`, beyond the guest's RAM."""
+    return (QEMU_FIXED_MIB + QEMU_PER_VCPU_MIB * request.vcpus
+            + -(-request.ram_mib // QEMU_PAGE_TABLE_DIVISOR))
+
+
+def guests_memory_mib(request: VmRequest, *, rank0_here: bool, overlay_mib: int = 0) -> int:
+    """The memory one node's guests of the job take from the job: each guest's RAM and
+    QEMU's overhead, and with fs_type=ramdisk their disks, which live in memory: rank 0's
+    scratch disk (on the node holding rank 0) and `overlay_mib` per guest (what the
+    caller expects an overlay to grow to, e.g. the image's virtual size)."""
+    total = request.vms_per_node * (request.ram_mib + qemu_overhead_mib(request))
+    if request.fs_type == "ramdisk":
+        total += request.vms_per_node * max(overlay_mib, 0)
+        if rank0_here:
+            total += request.disk_mib
+    return total
+
+
+def check_fits_allocation(request: VmRequest, allocation, node: str, *, rank0_here: bool,
+                          overlay_mib: int = 0) -> None:
+    """Refuse (RequestError, the user's error: one line with the numbers) a request whose
+    guests on `node` exceed what the batch system allocated this job there.
+    `allocation` is the node's batch.allocation.NodeAllocation (anything with cpus,
+    memory_mib, cpus_from and memory_from): its cores hold the guests' vCPUs; its memory,
+    when the batch system bounds it (None: it does not), holds guests_memory_mib. The
+    host's reserve is not taken from the job (check_fits_node keeps it on the node)."""
+    where = f"node {one_line(node, 80)}"
+    want_cores = request.vcpus * request.vms_per_node
+    if want_cores > allocation.cpus:
+        source = f" ({allocation.cpus_from})" if allocation.cpus_from else ""
+        raise RequestError(
+            f"-vm vcpus={request.vcpus} x vms_per_node={request.vms_per_node} needs "
+            f"{want_cores} cores on {where}, but the batch system allocated this job "
+            f"{allocation.cpus} there{source}: request at least {want_cores} (vsub sizes "
+            "the request itself) or fewer vCPUs", key="vcpus")
+    if allocation.memory_mib is None:
+        return
+    want_mib = guests_memory_mib(request, rank0_here=rank0_here, overlay_mib=overlay_mib)
+    if want_mib > allocation.memory_mib:
+        parts = [f"ram={format_mib(request.ram_mib)} x vms_per_node={request.vms_per_node}",
+                 f"{format_mib(request.vms_per_node * qemu_overhead_mib(request))} for QEMU"]
+        if request.fs_type == "ramdisk" and overlay_mib > 0:
+            parts.append(f"{format_mib(request.vms_per_node * overlay_mib)} of overlays on "
+                         "ramdisk")
+        if request.fs_type == "ramdisk" and rank0_here and request.disk_mib:
+            parts.append(f"the {format_mib(request.disk_mib)} scratch disk on ramdisk")
+        source = f" ({allocation.memory_from})" if allocation.memory_from else ""
+        raise RequestError(
+            f"-vm {' + '.join(parts)} needs {format_mib(want_mib)} on {where}, but the "
+            f"batch system allocated this job {format_mib(allocation.memory_mib)} there"
+            f"{source}: request at least {format_mib(want_mib)} (vsub sizes the request "
+            "itself) or less memory", key="ram")
 
 
 def image_name(request: VmRequest, catalog) -> str:

@@ -49,3 +49,33 @@ def format_mib(mib: int) -> str:
         if mib and mib % (1 << shift) == 0:
             return f"{mib >> shift}{unit}"
     return f"{mib}M"
+
+
+# Sizes as the batch servers print them (their records, not a user's text): ASCII only.
+# Torque and PBS: a number of bytes, or with kb/mb/gb/tb/pb (binary), or words (w: 8 bytes).
+# Slurm: MiB, or with K/M/G/T/P (binary; K rounds down). Compiled on first use (re's own
+# cache): vsub and most hooks never read a record's sizes.
+_PBS_SIZE = r"([0-9]{1,20})(?:([kmgtp])?([bw]))?"
+_SLURM_SIZE = r"([0-9]{1,20})([KMGTP])?"
+_RECORD_FLAGS = re.IGNORECASE | re.ASCII
+_PBS_SHIFT = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50}
+
+
+def parse_pbs_size_bytes(text: str) -> int:
+    """'4gb', '512mb', '1048576kb', '100' (bytes), '2mw' (words) -> bytes; ValueError."""
+    match = (re.fullmatch(_PBS_SIZE, text.strip(_BLANKS), _RECORD_FLAGS)
+             if isinstance(text, str) else None)
+    if not match:
+        raise ValueError("expected a size such as 4gb, 512mb or 1048576kb")
+    number = int(match[1]) << _PBS_SHIFT[(match[2] or "").lower()]
+    return number * 8 if (match[3] or "").lower() == "w" else number
+
+
+def parse_slurm_size_mib(text: str) -> int:
+    """'1000' (MiB), '1000M', '4G', '2048K' -> MiB (rounded down); ValueError."""
+    match = (re.fullmatch(_SLURM_SIZE, text.strip(_BLANKS), _RECORD_FLAGS)
+             if isinstance(text, str) else None)
+    if not match:
+        raise ValueError("expected a size such as 1000, 1000M or 4G")
+    shift = {"": 20, "K": 10, "M": 20, "G": 30, "T": 40, "P": 50}[(match[2] or "").upper()]
+    return (int(match[1]) << shift) >> 20

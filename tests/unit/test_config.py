@@ -382,3 +382,144 @@ def test_cli_other_commands_report_config_errors_in_one_line(capsys, tmp_path: P
     out, err = capsys.readouterr()
     assert out == ""
     assert err == f"vtorque: config {path}: bogus: unknown key (and 1 more)\n"
+
+
+# --- the cache of the parsed YAML (config/cache.py) ------------------------------------------
+
+def _cached(tmp_path: Path, pool_dir: Path, extra: str = "") -> Path:
+    path = tmp_path / "cached.yaml"
+    path.write_text(f"image_pool: {pool_dir}\nhypervisor: qemu\n{extra}")
+    return path
+
+
+def test_a_trusted_load_keeps_the_parsed_yaml_root_only_beside_the_file(
+        tmp_path: Path, pool_dir: Path) -> None:
+    from vtorque.config import cache
+    path = _cached(tmp_path, pool_dir)
+    first = config_mod.load(str(path), trusted=True)
+    stored = Path(cache.cache_path(str(path)))
+    assert stored == tmp_path / ".cached.yaml.cache"
+    assert stored.stat().st_mode & 0o777 == 0o600
+    assert config_mod.load(str(path), trusted=True) == first
+    # A load as a user (vsub) neither reads nor writes it.
+    stored.unlink()
+    assert config_mod.load(str(path), trusted=False) == first
+    assert not stored.exists()
+
+
+def test_a_load_the_cache_answers_does_not_import_yaml(tmp_path: Path, pool_dir: Path) -> None:
+    import subprocess
+    import sys
+    path = _cached(tmp_path, pool_dir)
+    config_mod.load(str(path), trusted=True)
+    probe = ("import sys; from vtorque import config; c = config.load(sys.argv[1], "
+             "trusted=True); print(c.hypervisor, 'yaml' in sys.modules)")
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True,
+                          text=True, timeout=60, cwd=root)
+    assert done.stdout.split() == ["qemu", "False"], done.stderr
+    Path(config_mod.cache.cache_path(str(path))).unlink()
+    done = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True,
+                          text=True, timeout=60, cwd=root)
+    assert done.stdout.split() == ["qemu", "True"], done.stderr
+
+
+def test_an_edit_that_keeps_size_and_times_is_seen(tmp_path: Path, pool_dir: Path) -> None:
+    """Timestamps tick coarsely: the cache is used only for the very same bytes."""
+    path = _cached(tmp_path, pool_dir, "defaults: {vcpus: 2}\n")
+    assert config_mod.load(str(path), trusted=True).defaults.vcpus == 2
+    before = path.stat()
+    with open(path, "r+b") as handle:        # same inode, same size
+        data = handle.read().replace(b"vcpus: 2", b"vcpus: 4")
+        handle.seek(0)
+        handle.write(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size
+    assert config_mod.load(str(path), trusted=True).defaults.vcpus == 4
+
+
+def test_the_cache_does_not_skip_the_checks_of_the_file_system(
+        tmp_path: Path, pool_dir: Path) -> None:
+    path = _cached(tmp_path, pool_dir)
+    config_mod.load(str(path), trusted=True)
+    os.rmdir(pool_dir)
+    with pytest.raises(ConfigError, match="image_pool: directory .* does not exist"):
+        config_mod.load(str(path), trusted=True)
+
+
+def test_the_cache_does_not_skip_the_trust_checks(tmp_path: Path, pool_dir: Path) -> None:
+    path = _cached(tmp_path, pool_dir)
+    config_mod.load(str(path), trusted=True)
+    os.chmod(path, 0o666)
+    with pytest.raises(ConfigError, match="not trusted: .* writable by group or others"):
+        config_mod.load(str(path), trusted=True)
+    os.chmod(path, 0o644)
+    os.chmod(tmp_path, 0o777)
+    try:
+        with pytest.raises(ConfigError, match="not trusted"):
+            config_mod.load(str(path), trusted=True)
+    finally:
+        os.chmod(tmp_path, 0o700)
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "other text", "foreign", "writable", "link",
+                                    "other path", "not plain"])
+def test_a_cache_that_is_not_exactly_ours_is_not_used(tmp_path: Path, pool_dir: Path,
+                                                       damage: str) -> None:
+    import json
+    from vtorque.config import cache
+    path = _cached(tmp_path, pool_dir)
+    config_mod.load(str(path), trusted=True)
+    stored = Path(cache.cache_path(str(path)))
+    data = json.loads(stored.read_text())
+    data["raw"]["hypervisor"] = "kvm"             # what a stale or forged cache would say
+    if damage == "corrupt":
+        stored.write_text("{not json")
+    elif damage == "other text":
+        data["text"] += "# another file\n"
+    elif damage == "other path":
+        data["path"] = "/etc/vtorque/other.yaml"
+    elif damage == "not plain":
+        data["raw"]["defaults"] = {"vcpus": float("nan")}
+    if damage != "corrupt":
+        stored.write_text(json.dumps(data))
+    if damage == "foreign":
+        os.chown(stored, 4321, 4321)
+    elif damage == "writable":
+        os.chmod(stored, 0o622)
+    elif damage == "link":
+        target = tmp_path / "elsewhere.json"
+        target.write_text(json.dumps(dict(data, text=path.read_text())))
+        stored.unlink()
+        stored.symlink_to(target)
+    assert config_mod.load(str(path), trusted=True).hypervisor == "qemu"
+
+
+def test_values_json_cannot_carry_are_never_cached(tmp_path: Path, pool_dir: Path) -> None:
+    from vtorque.config import cache
+    assert cache.plain({"a": [1, 2.5, None, True, "x", {"b": []}]})
+    for value in ({1: "int key"}, {"d": __import__("datetime").date(2024, 1, 1)},
+                  {"b": b"bytes"}, {"s": {1, 2}}, {"f": float("inf")}, (1, 2)):
+        assert not cache.plain(value)
+    path = tmp_path / "dated.yaml"
+    path.write_text(f"image_pool: {pool_dir}\nnode_name: !!binary aGVsbG8=\n")
+    with pytest.raises(ConfigError):
+        config_mod.load(str(path), trusted=True)
+    assert not Path(cache.cache_path(str(path))).exists()
+
+
+def test_an_invalid_file_leaves_no_cache(tmp_path: Path, pool_dir: Path) -> None:
+    from vtorque.config import cache
+    path = _cached(tmp_path, pool_dir, "hypervisor_typo: 1\n")
+    with pytest.raises(ConfigError, match="unknown key"):
+        config_mod.load(str(path), trusted=True)
+    assert not Path(cache.cache_path(str(path))).exists()
+
+
+def test_a_directory_that_refuses_the_cache_only_loses_it(tmp_path: Path,
+                                                           pool_dir: Path) -> None:
+    from vtorque.config import cache
+    path = _cached(tmp_path, pool_dir)
+    os.mkdir(cache.cache_path(str(path)))          # something in its place
+    assert config_mod.load(str(path), trusted=True).hypervisor == "qemu"
+    assert config_mod.load(str(path), trusted=True).hypervisor == "qemu"

@@ -173,6 +173,7 @@ def context_from_attrs(scheduler: str, job_id: str, attrs: Mapping[str, str],
     if not _NUMBER.fullmatch(count_text):
         raise NodeError(f"{scheduler}: job {job_id} has an unreadable run_count "
                         f"{one_line(count_text, 40)!r}")
+    allocations = _allocations(scheduler, job_id, attrs, nodes, slots, strict=vm is not None)
     return JobContext(
         scheduler=scheduler,
         job_id=job_id,
@@ -188,4 +189,21 @@ def context_from_attrs(scheduler: str, job_id: str, attrs: Mapping[str, str],
         variables=dict(variables),
         state=attrs.get("job_state", "").strip() or None,
         created=parse_ctime(attrs.get("ctime")),
+        allocations=allocations,
     )
+
+
+def _allocations(scheduler: str, job_id: str, attrs: Mapping[str, str],
+                 nodes: tuple[str, ...], slots: tuple[int, ...], *, strict: bool) -> tuple:
+    """What the job holds on each node (batch/allocation.py). Unreadable: for a VM job the
+    server printed what we do not understand (NodeError, as for exec_host); for any other
+    job nothing is decided from it."""
+    from vtorque.batch import allocation
+    read = allocation.torque if scheduler == "torque" else allocation.openpbs
+    try:
+        return read(attrs, nodes, slots)
+    except (ValueError, NodeError) as exc:
+        if strict:
+            raise NodeError(f"{scheduler}: cannot read what job {job_id} was allocated: "
+                            f"{one_line(exc, 160)}") from None
+        return ()

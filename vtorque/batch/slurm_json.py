@@ -76,6 +76,7 @@ def parse_json_job(data, job_id: str) -> SlurmJob:
     slots = _json_slots(job, nodes)
     batch_host = job.get("batch_host") or None
     nodes, slots = _batch_host_first(nodes, slots, batch_host)
+    allocations = _json_allocations(job, nodes, slots)
     restarts = _number(job.get("restart_cnt")) or 0
     ctx = JobContext(
         scheduler="slurm", job_id=job_id, user=user or "", group=group,
@@ -83,28 +84,22 @@ def parse_json_job(data, job_id: str) -> SlurmJob:
         nodes=tuple(nodes), slots=tuple(slots), vm_request=vm_request,
         workdir=job.get("current_working_directory") or None, run_count=restarts + 1,
         variables={}, state=state, admin_note=job.get("admin_comment") or None,
-        uid=_number(job.get("user_id")), created=_number(job.get("submit_time")))
+        uid=_number(job.get("user_id")), created=_number(job.get("submit_time")),
+        allocations=allocations)
     return SlurmJob(ctx, {}, comment=comment, admin_comment=ctx.admin_note,
                     batch_host=batch_host)
 
 
 def _json_slots(job: Mapping, nodes: list[str]) -> list[int]:
-    resources = job.get("job_resources")
     per_node: dict[str, int] = {}
-    if isinstance(resources, dict):
-        allocated = resources.get("allocated_nodes")            # v0.0.38 .. v0.0.40
-        if isinstance(resources.get("nodes"), dict):             # v0.0.41 +
-            allocated = resources["nodes"].get("allocation")
-        for entry in allocated if isinstance(allocated, list) else []:
-            if not isinstance(entry, dict):
-                continue
-            name = entry.get("nodename") or entry.get("name")
-            cpus = entry.get("cpus")
-            count = _number(cpus.get("count")) if isinstance(cpus, dict) else _number(cpus)
-            if count is None:
-                count = _number(entry.get("cpus_used"))
-            if isinstance(name, str) and count:
-                per_node[name] = count
+    for entry in _node_entries(job):
+        name = entry.get("nodename") or entry.get("name")
+        cpus = entry.get("cpus")
+        count = _number(cpus.get("count")) if isinstance(cpus, dict) else _number(cpus)
+        if count is None:
+            count = _number(entry.get("cpus_used"))
+        if isinstance(name, str) and count:
+            per_node[name] = count
     if nodes and set(per_node) == set(nodes):
         return [per_node[n] for n in nodes]
     if not nodes:
@@ -112,3 +107,40 @@ def _json_slots(job: Mapping, nodes: list[str]) -> list[int]:
     total = _number(job.get("cpus")) or len(nodes)
     base, extra = divmod(max(total, len(nodes)), len(nodes))
     return [base + (1 if i < extra else 0) for i in range(len(nodes))]
+
+
+def _node_entries(job: Mapping) -> list[Mapping]:
+    resources = job.get("job_resources")
+    if not isinstance(resources, dict):
+        return []
+    allocated = resources.get("allocated_nodes")            # v0.0.38 .. v0.0.40
+    if isinstance(resources.get("nodes"), dict):             # v0.0.41 +
+        allocated = resources["nodes"].get("allocation")
+    return [e for e in allocated if isinstance(e, dict)] if isinstance(allocated, list) else []
+
+
+def _json_allocations(job: Mapping, nodes: list[str], slots: list[int]) -> tuple:
+    """What the job holds per node: the CPUs as _json_slots counts them, the memory the
+    node entries name (memory_allocated, or memory as a number or {"allocated": n}), else
+    memory_per_node or memory_per_cpu of the job; MiB, 0 meaning unbounded. The JSON
+    names sockets and cores, not CPU ids: no `cores`."""
+    from vtorque.batch.allocation import NodeAllocation
+    memory: dict[str, int | None] = {}
+    for entry in _node_entries(job):
+        name = entry.get("nodename") or entry.get("name")
+        value = entry.get("memory_allocated", entry.get("memory"))
+        if isinstance(value, dict) and "allocated" in value:
+            value = value["allocated"]
+        if isinstance(name, str):
+            memory[name] = _number(value)
+    per_node, per_cpu = _number(job.get("memory_per_node")), _number(job.get("memory_per_cpu"))
+    out = []
+    for node, cpus in zip(nodes, slots, strict=True):
+        mib, source = memory.get(node), "job_resources"
+        if mib is None and per_node:
+            mib, source = per_node, "memory_per_node"
+        elif mib is None and per_cpu:
+            mib, source = per_cpu * cpus, "memory_per_cpu"
+        out.append(NodeAllocation(cpus=cpus, memory_mib=mib or None, cpus_from="job_resources",
+                                  memory_from=source if mib else ""))
+    return tuple(out)

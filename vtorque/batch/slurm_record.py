@@ -234,6 +234,7 @@ def _job_from_record(record: _Record, job_id: str, *, strict: bool) -> SlurmJob:
     slots = _slots(nodes, record, fields)
     batch_host = _value(fields.get("BatchHost"))
     nodes, slots = _batch_host_first(nodes, slots, batch_host)
+    allocations = _allocations(record, nodes, slots, fields)
     if strict and record.problems:
         raise RecordError(f"the record of job {job_id} is ambiguous: "
                           + "; ".join(record.problems[:3])
@@ -265,7 +266,8 @@ def _job_from_record(record: _Record, job_id: str, *, strict: bool) -> SlurmJob:
         workdir=_value(fields.get("WorkDir")), run_count=int(restarts) + 1,
         variables={}, state=state,
         admin_note=_value(fields.get("AdminComment"), keep_na=True),
-        uid=_uid(fields.get("UserId")), created=parse_time(fields.get("SubmitTime")))
+        uid=_uid(fields.get("UserId")), created=parse_time(fields.get("SubmitTime")),
+        allocations=allocations)
     return SlurmJob(ctx, fields, comment=comment, admin_comment=ctx.admin_note,
                     batch_host=batch_host)
 
@@ -346,6 +348,22 @@ def _slots(nodes: list[str], record: _Record, fields: Mapping[str, str]) -> list
     total = int(total_text) if _NUMBER.fullmatch(total_text) else len(nodes)
     base, extra = divmod(max(total, len(nodes)), len(nodes))
     return [base + (1 if i < extra else 0) for i in range(len(nodes))]
+
+
+def _allocations(record: _Record, nodes: list[str], slots: list[int],
+                 fields: Mapping[str, str]) -> tuple:
+    """What the job holds on each node (batch/allocation.py); an unreadable allocation is
+    one more problem of the record (for a VM job: refused)."""
+    from vtorque.batch import allocation
+    try:
+        hosts = [expand_hostlist(d.get("Nodes", "")) for d in record.details]
+        by_host = allocation.slurm_details(record.details, hosts)
+        if nodes and set(nodes) <= set(by_host):
+            return tuple(by_host[n] for n in nodes)
+        return allocation.slurm_fallback(fields, slots)
+    except (ValueError, NodeError) as exc:
+        record.problems.append(f"unreadable allocation: {one_line(exc, 100)}")
+        return ()
 
 
 def _batch_host_first(nodes: list[str], slots: list[int], batch_host: str | None

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from vtorque.cluster import handoff
 from vtorque.config import Config
 from vtorque.errors import NodeError
+from vtorque.files import check_dir
 from vtorque.vm import addresses
 
 LOCK_NAME = ".jobwide.lock"
@@ -50,13 +51,61 @@ def join(config: Config, job_id: str, node: str, run: int, guests: int
 
 def leave(config: Config, job_id: str, node: str) -> bool:
     """This node holds nothing of the job any more: withdraw its status; if no node is
-    left, release the job-wide pieces. True when they were released."""
+    left, release the job-wide pieces. True when they were released.
+
+    Constant work per node however many nodes the job has (every node of a 4096-node job
+    leaves through here, one after the other under the lock): this node's own status file
+    is removed by its exact name, and "is any node left" stops at the first status file
+    it sees. Only when the exact name is not there are the names read, for this node
+    under another spelling (handoff.withdraw)."""
     with _locked(config):
-        handoff.withdraw(config, job_id, node)
-        if handoff.nodes_left(config, job_id):
+        directory = _status_dir(config, job_id)
+        if directory is None:
+            left = False
+        else:
+            try:
+                if "/" in node or node.startswith("."):
+                    raise FileNotFoundError(node)       # never a path: read the names
+                os.unlink(os.path.join(directory, f"{node}.json"))
+            except FileNotFoundError:
+                handoff.withdraw(config, job_id, node)
+            left = _any_status(directory)
+        if left:
             return False
         release(config, job_id)
         return True
+
+
+def _status_dir(config: Config, job_id: str) -> str | None:
+    """The job's hand-off directory when it exists, in the verified shared directory and
+    root's own (NodeError when not); None when there is none."""
+    if handoff.shared_root(config) is None:
+        return None
+    directory = handoff.job_dir(config, job_id)
+    try:
+        check_dir(directory)
+    except FileNotFoundError:
+        return None
+    return directory
+
+
+def _any_status(directory: str) -> bool:
+    """Whether any node left a status in the job's hand-off directory that says it may
+    still hold part of the job. A node whose start failed and rolled back completely
+    says it holds nothing: its epilogue may never run (Torque runs only the mother
+    superior's after a failed prologue), and its status must not keep the job's pieces.
+    Stops at the first holder: one status read when the job ends normally."""
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if not entry.name.endswith(".json"):                 # as nodes_left
+                    continue
+                status = handoff.read_path(entry.path, entry.name[:-5])
+                if status is not None and status.holds:
+                    return True
+    except FileNotFoundError:
+        return False
+    return False
 
 
 def release(config: Config, job_id: str) -> None:

@@ -13,10 +13,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from vtorque.config.schema import ARCHES, FS_TYPES, HYPERVISORS, NETWORK_MODES, SCHEMA, Field
 from vtorque.config.sections import (
@@ -32,7 +29,7 @@ from vtorque.config.sections import (
 from vtorque.errors import ConfigError, NodeError
 
 __all__ = ["ARCHES", "FS_TYPES", "HYPERVISORS", "NETWORK_MODES", "SCHEMA", "Config",
-           "Field", "iter_fields", "load", "parse", "resolve_path"]
+           "Field", "from_raw", "iter_fields", "load", "parse", "resolve_path"]
 
 DEFAULT_PATH = "/etc/vtorque/vtorque.yaml"
 ENV_VAR = "VTORQUE_CONFIG"
@@ -82,7 +79,9 @@ def load(path: str | None = None, *, trusted: bool | None = None) -> Config:
     `trusted` (default: when running as root) reads the file only if nobody but root can
     have written it: the file and every directory above it (files.read_trusted). The
     config names the commands root runs and the directories root writes, so a config a
-    user can change would hand root to that user."""
+    user can change would hand root to that user. A trusted load reads the file that way
+    every time, and parses its YAML only when the cache beside it (config/cache.py) was
+    not made from exactly these bytes; the values are validated either way."""
     path = resolve_path(path)
     if trusted is None:
         trusted = os.geteuid() == 0
@@ -91,7 +90,8 @@ def load(path: str | None = None, *, trusted: bool | None = None) -> Config:
             from vtorque.files import read_trusted
             data = read_trusted(path, "", limit=MAX_BYTES)
         else:
-            data = Path(path).read_bytes()
+            with open(path, "rb") as handle:
+                data = handle.read()
         text = data.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(path, ["file not found"]) from None
@@ -101,18 +101,36 @@ def load(path: str | None = None, *, trusted: bool | None = None) -> Config:
         raise ConfigError(path, [f"cannot read: {exc.strerror}"]) from None
     except UnicodeDecodeError:
         raise ConfigError(path, ["not UTF-8 text"]) from None
-    return parse(text, path)
+    if not trusted:
+        return parse(text, path)
+    from vtorque.config import cache
+    raw = cache.lookup(path, text)
+    if raw is cache.MISS:
+        raw = _yaml(text, path)
+        config = from_raw(raw, path)          # only a valid file's values are kept
+        cache.store(path, text, raw)
+        return config
+    return from_raw(raw, path)
 
 
 def parse(text: str, path: str = "<string>") -> Config:
     """Validate YAML text as a config; `path` only names the source in messages."""
+    return from_raw(_yaml(text, path), path)
+
+
+def _yaml(text: str, path: str) -> Any:
+    import yaml     # here: a load the cache answers never imports PyYAML
     try:
         # libyaml's C loader when present: the hooks read this file on every job.
-        raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(path, [f"not valid YAML{where}"]) from None
+
+
+def from_raw(raw: Any, path: str = "<string>") -> Config:
+    """Validate what the YAML parser made of a config file (`path` names it)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

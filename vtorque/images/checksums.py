@@ -3,10 +3,8 @@ identity (device, inode, size, mtime, ctime), so multi-GB images are hashed once
 
 from __future__ import annotations
 
-import json
 import os
 import stat
-import tempfile
 from typing import Any
 
 CACHE_FILE = "checksums.json"
@@ -43,6 +41,7 @@ class ChecksumCache:
         return True
 
     def _load(self) -> dict[str, dict[str, Any]]:
+        import json  # json and tempfile only where used: vsub imports this module
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             with os.fdopen(fd, "rb") as f:
@@ -72,6 +71,8 @@ class ChecksumCache:
         """Write atomically (temp file + rename); failures only lose the cache."""
         if not self.dirty:
             return
+        import json
+        import tempfile
         try:
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".checksums.")
         except OSError:

@@ -8,7 +8,6 @@ hard link is refused: another name for it may sit outside the pool."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from collections.abc import Iterator
@@ -112,6 +111,7 @@ def read_head(path: str, size: int) -> bytes:
 def sha256_file(path: str, fd: int | None = None) -> str:
     """Hex sha256 of a regular file, read in 1 MiB chunks (never follows a final symlink);
     with `fd`, of the file that descriptor holds (`path` only names it)."""
+    import hashlib  # here: OpenSSL's start-up is not paid by whoever only lists the pool
     digest = hashlib.sha256()
     if fd is not None:
         offset = 0
