@@ -19,10 +19,18 @@ class Outcome:
     fault: str | None = None         # None (success) | user | this-node | other-nodes
     nodes: tuple[str, ...] = ()      # the nodes at fault (this-node: this one)
     final: bool = False              # a node fault past the requeue limit: not requeued
+    # What the job's record in the batch system keeps of a start that succeeded (the
+    # image and its digest); a failure's record is its message.
+    note: str = ""
 
     @classmethod
-    def run(cls, message: str = "") -> Outcome:
-        return cls(RUN, message)
+    def run(cls, message: str = "", note: str = "") -> Outcome:
+        return cls(RUN, message, note=note)
+
+    @property
+    def record(self) -> str:
+        """The line for the job's record: the note of a success, else the message."""
+        return self.note if self.action == RUN else self.message
 
     @classmethod
     def user_error(cls, message: str) -> Outcome:

@@ -11,6 +11,8 @@
 # With --apply: renders FILE and runs them (create is skipped when the hook exists, so
 # running it twice is harmless; import replaces the hook's script).
 #
+# --config may name the node: /etc/vtorque/{node}.yaml is each MoM's own config (sites
+# with several MoMs on one host); the hook fills in pbs.get_local_nodename().
 # Defaults: PATH = the python of this checkout's .venv; config /etc/vtorque/vtorque.yaml;
 # alarm 540 s; hook name vtorque; FILE /etc/vtorque/openpbs-hook.py; qmgr from PBS_EXEC
 # in /etc/pbs.conf (else /opt/pbs/bin/qmgr). The python and config paths are baked into
@@ -65,8 +67,11 @@ safe_path() {
         /*) ;;
         *) die "$1 must be an absolute path: $2" ;;
     esac
-    if printf '%s' "$2" | grep -q '[^A-Za-z0-9._/+-]'; then
-        die "$1 may only hold letters, digits and . _ / + -: $2"
+    # {node} (in --config only) stands for the MoM's node name, filled in by the hook.
+    plain=$2
+    [ "$1" = --config ] && plain=$(printf '%s' "$2" | sed 's/{node}/node/g')
+    if printf '%s' "$plain" | grep -q '[^A-Za-z0-9._/+-]'; then
+        die "$1 may only hold letters, digits and . _ / + - (and {node} in --config): $2"
     fi
     case "/$2/" in
         */../*) die "$1 must not contain '..': $2" ;;

@@ -11,7 +11,9 @@
 # process group, killed on a timeout kept below the hook's alarm) and maps the exit
 # status onto accept/reject. vtorque re-reads the job from the server and decides.
 #
-#   prologue  0 accept; 1 (the job's request is at fault) job.delete() + reject: the job
+#   prologue  the job's comment from vtorque's `vtorque-note:` line on stdout (the image
+#             the job runs on, or why it did not start), then:
+#             0 accept; 1 (the job's request is at fault) job.delete() + reject: the job
 #             is deleted, not rerun; 2 (this node is at fault) job.rerun() + reject: PBS
 #             requeues the job (a rejecting prologue reruns by default; the delete request
 #             turns that into a delete: openpbs src/resmom/start_exec.c, errcode
@@ -62,6 +64,7 @@ OUTPUT_MAX = 65536
 # (through the event's vnode list: no server privileges needed).
 OFFLINE = 8
 MESSAGE_MAX = 400
+NOTE_PREFIX = "vtorque-note: "         # vtorque's line for the job's comment (stdout)
 EVENTS = (("EXECJOB_BEGIN", "begin"), ("EXECJOB_PROLOGUE", "prologue"),
           ("EXECJOB_LAUNCH", "launch"),
           ("EXECJOB_EPILOGUE", "epilogue"), ("EXECJOB_END", "end"),
@@ -188,9 +191,15 @@ def _local_node():
 
 
 def _vtorque(kind, job_id, user, role):
-    argv = [VTORQUE_PYTHON, "-E", "-s", "-m", "vtorque.hooks", "--config", VTORQUE_CONFIG,
-            "openpbs", kind, job_id, user, role]
     node = _local_node()
+    config = VTORQUE_CONFIG
+    if "{node}" in config:                  # each MoM's own config (several on one host)
+        if not node:
+            return None, "", ("vtorque: the config path %s names the node, but PBS gives "
+                              "no local node name" % config), False
+        config = config.replace("{node}", node)
+    argv = [VTORQUE_PYTHON, "-E", "-s", "-m", "vtorque.hooks", "--config", config,
+            "openpbs", kind, job_id, user, role]
     if node:
         argv.append(node)
     timeout = TIMEOUTS[kind]
@@ -312,10 +321,22 @@ def _begin(event, job, job_id, user, role):
     return _rerun_and_reject(event, job_id, message)
 
 
+def _note_job(event, job_id, out):
+    """The job's comment from vtorque's note line: the image a job runs on, or why it did
+    not start (qstat -f shows it to the owner; a MoM's root cannot qalter the job)."""
+    for line in out.splitlines():
+        if line.startswith(NOTE_PREFIX):
+            try:
+                event.job.comment = _clean(line[len(NOTE_PREFIX):])
+            except Exception as exc:
+                _log(pbs.LOG_ERROR, "cannot set the comment of %s: %r" % (job_id, exc))
+
+
 def _prologue(event, job, job_id, user, role):
     if role != "ms" or not _maybe_vm_job(job):
         return _accept(event)           # sisters: their guests came up in execjob_begin
-    status, _, message, timed_out = _vtorque("prologue", job_id, user, role)
+    status, out, message, timed_out = _vtorque("prologue", job_id, user, role)
+    _note_job(event, job_id, out)
     status = _take_offline_bit(event, status, message)
     if status == 0:
         return _accept(event)

@@ -134,5 +134,4 @@ def make_node(libvirtd, test_pool):
         shutil.rmtree(node.directory, ignore_errors=True)
 
 
-# Fixtures of the simulated Torque cluster (imported last: cluster.py uses the names above).
-from tests.e2e.cluster import job_user, torque_cluster  # noqa: E402, F401
+from tests.e2e.accounts import job_user  # noqa: E402, F401  (a fixture)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.e2e.cluster import JOB_UID, JOB_USER
+from tests.e2e.accounts import JOB_UID, JOB_USER
 from tests.e2e.conftest import POOL, REPO
 from vtorque import config as config_mod
 from vtorque.journal import JobPaths

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.cluster import JOB_UID, JOB_USER
+from tests.e2e.accounts import JOB_UID, JOB_USER
 from tests.e2e.conftest import POOL, REPO
 from tests.e2e.slurm_nodes import slurm_nodes, submitted_id
 

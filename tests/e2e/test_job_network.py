@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from tests.e2e.cluster import JOB_USER
+from tests.e2e.accounts import JOB_USER
 from tests.e2e.conftest import NETNS
 from vtorque.prologue.guests import bring_up, write_user_files
 from vtorque.request import parse_request

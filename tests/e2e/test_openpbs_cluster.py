@@ -95,9 +95,10 @@ class Cluster:
         return self.run("qsub", *args, str(path), user=user).stdout.strip()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def openpbs_cluster(libvirtd, job_user):
-    """The cluster in CLUSTER_DIR; stopped and removed at the end if started here."""
+    """The cluster in CLUSTER_DIR; stopped and removed at the end of this module if
+    started here (test_openpbs_real.py starts the default one: both use PBS's ports)."""
     if os.geteuid() != 0:
         pytest.skip("the OpenPBS cluster needs root")
     status = subprocess.run([SCRIPT, "status", "--dir", CLUSTER_DIR], capture_output=True)

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.cluster import JOB_UID, JOB_USER
+from tests.e2e.accounts import JOB_UID, JOB_USER
 from tests.e2e.conftest import POOL, REPO
 from tests.e2e.slurm_nodes import slurm_nodes, submitted_id
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.cluster import JOB_UID, JOB_USER
+from tests.e2e.accounts import JOB_UID, JOB_USER
 from vtorque.journal import JobPaths
 
 # Guest tests run in one serial pytest process (scripts/test), never under xdist.
@@ -26,7 +26,7 @@ OTHER_USER, OTHER_UID = "vtjob2", 4243
 
 @pytest.fixture(scope="module")
 def other_user(job_user):
-    """A second ordinary user; it stays, as the first one does (tests/e2e/cluster.py)."""
+    """A second ordinary user; it stays, as the first one does (tests/e2e/accounts.py)."""
     try:
         pwd.getpwnam(OTHER_USER)
     except KeyError:

@@ -19,14 +19,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.cluster import JOB_UID, JOB_USER
+from tests.e2e.accounts import JOB_UID, JOB_USER
 
 # Guest tests run in one serial pytest process (scripts/test), never under xdist.
 pytestmark = pytest.mark.guests
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = str(REPO / "scripts" / "torque-cluster")
-NODES = ["vm", "localhost"] if os.uname().nodename.split(".")[0] == "vm" else None
 JOB_TIMEOUT = 60.0
 EVENTS = ("prologue", "prologue.parallel", "epilogue", "epilogue.parallel")
 SHIM_MARKER = "vtorque shim for Torque"
@@ -101,14 +100,14 @@ def start(directory: Path, *extra: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=3600)
 
 
-def write_vtorque_configs(directory: Path, bin_dir: Path) -> str:
+def write_vtorque_configs(directory: Path, bin_dir: Path, nodes: list[str]) -> str:
     """One vtorque config per node (its node_name), as each real node would have."""
     base = directory / "vtorque"
     (base / "images").mkdir(parents=True)
     secret = base / "secret"
     secret.write_bytes(os.urandom(32))
     secret.chmod(0o600)
-    for node in NODES:
+    for node in nodes:
         cfg = {"node_name": node, "image_pool": str(base / "images"),
                "state_dir": str(base / node / "state"), "log_file": str(base / node / "log"),
                "ramdisk_dir": str(base / node / "ramdisk"), "secret_file": str(secret),
@@ -119,12 +118,12 @@ def write_vtorque_configs(directory: Path, bin_dir: Path) -> str:
     return str(base / "{node}.yaml")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def torque_real(job_user):
+    """A cluster of its own, stopped at the end of this module (test_torque_real.py
+    starts the default one afterwards: both use Torque's fixed ports)."""
     if os.geteuid() != 0:
         pytest.skip("the Torque cluster needs root")
-    if NODES is None:
-        pytest.skip("the node names (vm, localhost) must resolve to 127.0.0.1 here")
     # Torque refuses a home below a directory others may write: /var/lib, not /tmp.
     directory = Path(tempfile.mkdtemp(prefix="vtorque-torque-test-", dir="/var/lib"))
     os.chmod(directory, 0o755)
@@ -133,16 +132,18 @@ def torque_real(job_user):
         assert first.returncode == 0, first.stderr
         env = {**os.environ, **dict(line.split("=", 1) for line in first.stdout.splitlines())}
         cluster = Cluster(directory, env)
+        # Named after names that resolve to 127.0.0.1 here (scripts/torque-cluster).
+        cluster.nodes = json.loads((directory / "torque-cluster.json").read_text())["nodes"]
         cluster.work.mkdir(mode=0o755)
         os.chown(cluster.work, JOB_UID, JOB_UID)
         # The site's own mom_priv scripts, there before vtorque is installed.
-        for node in NODES:
+        for node in cluster.nodes:
             for event in EVENTS:
                 path = directory / "moms" / node / "mom_priv" / event
                 path.write_text(SITE_SCRIPT.format(event=event, node=node,
                                                    log=cluster.markers))
                 path.chmod(0o755)
-        configs = write_vtorque_configs(directory, cluster.bin)
+        configs = write_vtorque_configs(directory, cluster.bin, cluster.nodes)
         again = start(directory, "--vtorque-config", configs, "--vtorque-python",
                       sys.executable)
         assert again.returncode == 0, again.stderr
@@ -164,18 +165,19 @@ def test_start_reuses_the_cluster_and_listens_on_loopback_only(torque_real):
     status = subprocess.run([SCRIPT, "status", "--dir", str(c.dir)], capture_output=True,
                             text=True, timeout=30)
     assert status.returncode == 0, status.stdout
-    assert "nodes: vm free, localhost free" in status.stdout, status.stdout
+    listed = ", ".join(f"{node} free" for node in c.nodes)
+    assert f"nodes: {listed}" in status.stdout, status.stdout
     pids = {f"pid={p.read_text().split()[0]}," for p in (c.dir / "run").glob("*.pid")}
-    assert len(pids) == 3 + len(NODES), pids          # trqauthd, server, sched, moms
+    assert len(pids) == 3 + len(c.nodes), pids          # trqauthd, server, sched, moms
     listen = subprocess.run(["ss", "-H", "-ltnp"], capture_output=True, text=True).stdout
     ours = [line for line in listen.splitlines() if any(p in line for p in pids)]
     # pbs_server one port, pbs_sched one, each mom two; trqauthd has a unix socket only.
-    assert len(ours) == 2 + 2 * len(NODES), listen
+    assert len(ours) == 2 + 2 * len(c.nodes), listen
     assert all(line.split()[3].startswith("127.0.0.1:") for line in ours), ours
 
 
 def test_hooks_installed_by_the_install_script_keep_the_site_scripts(torque_real):
-    for node in NODES:
+    for node in torque_real.nodes:
         mom_priv = torque_real.dir / "moms" / node / "mom_priv"
         for event in (*EVENTS, "epilogue.precancel"):
             shim = mom_priv / event
@@ -194,10 +196,10 @@ def test_two_node_job_of_a_user_runs_with_both_nodes_scripts(torque_real):
                  lambda: (j := c.job(job_id)).get("job_state") == "C" and j)
     assert job["exit_status"] == "3", job
     mother, sister = [h.split("/")[0] for h in job["exec_host"].split("+")]
-    assert {mother, sister} == set(NODES), job["exec_host"]
+    assert {mother, sister} == set(c.nodes), job["exec_host"]
     number = job_id.split(".")[0]
     out = c.work / f"smoke.o{number}"
-    assert out.read_text().split() == [f"user={JOB_USER}", *sorted(NODES)]
+    assert out.read_text().split() == [f"user={JOB_USER}", *sorted(c.nodes)]
     # The epilogues may still run when the server shows C.
     runs = c.wait("both epilogues ran", lambda: (lines := c.marker_lines(job_id))
                   and sum(line[0].startswith("epilogue") for line in lines) == 2 and lines)
@@ -244,5 +246,5 @@ def test_pbs_python_reads_the_server(torque_real):
     assert got["attrs"]["job_state"] == "C" and got["attrs"]["exit_status"] == "0"
     assert got["attrs"]["Job_Owner"].startswith(f"{JOB_USER}@")
     assert "VT_TEST=a=b;c" in got["attrs"]["Variable_List"].split(",")
-    assert got["nodes"] == {node: "free" for node in NODES}
+    assert got["nodes"] == {node: "free" for node in c.nodes}
     assert got["missing"] == [] and got["error"] == 15001      # PBSE_UNKJOBID

@@ -85,6 +85,13 @@ class Site:
     def verdict(self, status: int) -> str:
         return {0: "run", 1: "abort", 2: "requeue"}[status]
 
+    record_attribute = "comment"
+    end_offlined = 1        # the end's status when a teardown failed and the node is out
+
+    def job_record(self) -> str:
+        """What the job's record at the server says (qstat -f comment, AdminComment)."""
+        return read_db(self.db)["jobs"].get(self.job_id, {}).get(self.record_attribute, "")
+
     def offline(self) -> list[str]:
         nodes = read_db(self.db)["nodes"]
         return sorted(n for n, v in nodes.items() if v.get("state") in ("offline", "drain"))
@@ -111,6 +118,13 @@ class TorqueSite(Site):
                 "Resource_List": {"nodes": f"{len(nodes)}:ppn=2"},
                 "Variable_List": variables}
 
+    end_offlined = 0        # the real mom would mark the node down over vtorque's note
+
+    def failure_status(self, start: bool) -> int:
+        """The mother superior aborts: the real server requeues a failing prologue
+        forever (reference/real-pbs.md), and without a usable config there is no count."""
+        return 1
+
     def _call(self, event: str, node: str, args: list[str]) -> int:
         if self.data.get("node_name") != node:
             self.write_config(node_name=node)
@@ -134,6 +148,7 @@ class OpenPBSSite(Site):
     def __init__(self, tmp: Path, config_data: dict[str, Any]):
         super().__init__(tmp, config_data)
         self.offlined: set[str] = set()
+        self.notes: list[str] = []
 
     def record(self, vm, user, runs, nodes):
         variables = {"PBS_O_WORKDIR": f"/home/{user}/run"}
@@ -166,7 +181,21 @@ class OpenPBSSite(Site):
         if begin != 0:
             sys.stderr.write(err.getvalue())
             return begin
-        return self._status(node, hooks.main("openpbs", "prologue", args, str(self.config)))
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            status = hooks.main("openpbs", "prologue", args, str(self.config))
+        self._take_note(out.getvalue())
+        return self._status(node, status)
+
+    def _take_note(self, stdout: str) -> None:
+        """What the hook script does with vtorque's note line: the job's comment."""
+        from vtorque.hooks.openpbs import NOTE_PREFIX
+        for line in stdout.splitlines():
+            if line.startswith(NOTE_PREFIX):
+                self.notes.append(line[len(NOTE_PREFIX):])
+
+    def job_record(self) -> str:
+        return self.notes[-1] if self.notes else ""
 
     def _status(self, node: str, status: int) -> int:
         """What the hook script does with vtorque's status: the OFFLINE bit takes this
@@ -189,6 +218,7 @@ class SlurmSite(Site):
     scheduler = "slurm"
     query = "scontrol"
     sister_fault = "requeue"
+    record_attribute = "AdminComment"
 
     def record(self, vm, user, runs, nodes):
         job = {"JobName": "vmjob", "UserId": f"{user}(1001)", "GroupId": "hpc(100)",

@@ -176,3 +176,20 @@ def test_withdraw_removes_any_spelling_of_the_node(config: Any) -> None:
     handoff.withdraw(config, "6.s", "n1")
     assert handoff.read(config, "6.s", "n1.cluster") is None
     assert handoff.read(config, "6.s", "n10") is not None     # n10 is not n1
+
+
+@pytest.mark.parametrize("clean,released", [(True, True), (False, False)])
+def test_a_failed_node_that_rolled_back_does_not_keep_the_jobs_pieces(
+        config: Any, clean: bool, released: bool) -> None:
+    """Torque runs no epilogue on a sister whose prologue failed: when the mother
+    superior leaves, a sister that said it holds nothing must not keep the hand-off
+    directory; one that may still hold guests (its rollback failed) must."""
+    from vtorque.cluster import jobwide
+    handoff.publish(config, JOB, NodeStatus("n2", FAILED, "guest did not answer",
+                                            clean=clean))
+    jobwide.join(config, JOB, "n1", 1, 2)
+    assert jobwide.leave(config, JOB, "n1") is released
+    assert os.path.lexists(handoff.job_dir(config, JOB)) is not released
+    if not released:                   # that sister's own epilogue or reaper, later
+        assert jobwide.leave(config, JOB, "n2") is True
+    assert not os.path.lexists(handoff.job_dir(config, JOB))

@@ -48,7 +48,8 @@ class Guests:
         if self.error is not None:
             raise self.error
         guest = SimpleNamespace(rank=node_index, name=f"vt-{node_index}",
-                                hostname=f"vm{node_index}", mac="52:54:00:00:00:01")
+                                hostname=f"vm{node_index}", mac="52:54:00:00:00:01",
+                                address=None, ready_seconds=0.5)
         return SimpleNamespace(guests=[guest], seconds=0.1, image_kind="kernel",
                                image_name="testguest", image_digest="0" * 64,
                                rdma=None), []
@@ -199,6 +200,37 @@ def test_a_sisters_own_fault_takes_it_offline(site: Site, guests: Guests,
     assert "cannot connect to libvirt" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("error", [HypervisorError("cannot connect to libvirt"),
+                                   ImageError("image 'deb12': not in the catalog")])
+def test_a_failed_start_leaves_nothing_when_only_the_mother_superior_ends(
+        site: Site, guests: Guests, error: Exception) -> None:
+    """Real Torque runs no epilogue.parallel on a sister whose part of a failed start
+    ended: the mother superior's end alone must leave nothing job-wide."""
+    guests.error = error
+    site.set_job()
+    site.start("n2")
+    guests.error = None
+    assert site.verdict(site.start("n1")) != "run"
+    site.end("n1")
+    assert not os.path.lexists(handoff.job_dir(config(site), site.job_id))
+
+
+def test_the_jobs_record_says_what_it_runs_on_or_why_it_did_not_start(
+        site: Site, guests: Guests) -> None:
+    """Where the scheduler keeps the job (Torque's and OpenPBS's comment, Slurm's
+    AdminComment), vtorque leaves the image and digest of a start, or the reason of a
+    refusal, for the owner and for accounting afterwards."""
+    site.set_job()
+    publish(site, "n2")
+    assert site.verdict(site.start("n1")) == "run"
+    assert site.job_record() == "vtorque: image=testguest sha256=" + "0" * 64 + \
+        " boot=0.5s nodes=2"
+    guests.error = ImageError("image 'deb12': not in the catalog")
+    site.set_job(vm="img=deb12")
+    assert site.verdict(site.start("n1")) == "abort"
+    assert site.job_record().startswith("vtorque: job ") and "deb12" in site.job_record()
+
+
 def test_a_sisters_user_error_is_left_to_the_mother_superior(site: Site, guests: Guests
                                                              ) -> None:
     guests.error = ImageError("image 'deb12': not in the catalog")
@@ -296,7 +328,7 @@ def test_a_failed_teardown_takes_the_node_out_of_service(site: Site,
     site.set_job()
     cfg = config(site)
     os.makedirs(JobPaths.for_job(site.job_id, cfg.state_dir, cfg.ramdisk_dir).job_dir)
-    assert site.end("n1") == site.failure_status(start=False)
+    assert site.end("n1") == site.end_offlined
     assert "still exists after destroy" in one_line(capsys.readouterr().err)
     assert site.offline() == ["n1"]
 

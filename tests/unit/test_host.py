@@ -211,7 +211,7 @@ def test_destroy_running_persistent_domain_is_undefined(host: Host, no_nvram_fla
 
 
 def test_tagged_domains_filter_by_node(host: Host) -> None:
-    # One hypervisor serving several batch nodes (as the test harness does): a node's
+    # One hypervisor serving several batch nodes (as the real clusters here do): a node's
     # teardown must see only its own guests of the job.
     for name, node in (("on-a", "nodeA"), ("on-b", "nodeB")):
         meta = (f'<vt:job xmlns:vt="{METADATA_NS}" id="9" rank="0" node="{node}" '

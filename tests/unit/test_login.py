@@ -91,7 +91,7 @@ def test_console_prints_the_log_without_control_sequences(cfg_file, capsys: Any)
 
 def test_console_for_users_only_their_own(cfg_file, capsys: Any,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    user_dir(cfg_file, uid=4242)
+    user_dir(cfg_file, uid=65534)   # nobody: a user every machine has
     monkeypatch.setattr(os, "geteuid", lambda: 1002)
     monkeypatch.setattr(jobinfo, "me", lambda: "nobody-else")
     code, _, err = run(cfg_file, capsys, "console", "42")

@@ -242,6 +242,18 @@ def test_prologue_user_error_deletes_the_job_instead_of_rerunning(pbs, fake: Fak
     assert (JOB, event.reject_message) in pbs.JOB_LOGS          # tracejob shows it
 
 
+@pytest.mark.parametrize("status,accepted", [(0, True), (1, False), (2, False)])
+def test_prologue_sets_the_jobs_comment_from_vtorques_note(pbs, fake: Fake, status: int,
+                                                           accepted: bool) -> None:
+    """The owner reads what the job runs on, or why it did not start, in qstat -f."""
+    fake.set(exit=status, stdout="noise\nvtorque-note: vtorque: image=deb12 sha256=ab\x07\n",
+             stderr="vtorque: job 42.pbs refused: x\n" if status else "")
+    event = make_event(pbs, "prologue")
+    run_hook(pbs, render(str(fake.path)), event)
+    assert event.accepted is accepted
+    assert event.job.comment == "vtorque: image=deb12 sha256=ab"     # control chars gone
+
+
 @pytest.mark.parametrize("status", [2, 3, 127])
 def test_prologue_node_fault_requeues(pbs, fake: Fake, status: int) -> None:
     fake.set(exit=status, stderr="vtorque: node n1 failed to start the job's guests: x\n")

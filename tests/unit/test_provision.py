@@ -15,7 +15,7 @@ from vtorque.cluster import handoff
 from vtorque.errors import HypervisorError, ImageError, NodeError, RequestError
 from vtorque.mpi.hostfile import GuestEntry
 from vtorque.mpi.sshkeys import KeyScope
-from vtorque.outcome import ABORT, OTHER_NODES, REQUEUE, THIS_NODE, USER, Outcome
+from vtorque.outcome import ABORT, OTHER_NODES, REQUEUE, RUN, THIS_NODE, USER, Outcome
 from vtorque.prologue import guests, provision
 from vtorque.vm import lifecycle
 
@@ -65,7 +65,9 @@ class Recorder:
         ranks = range(node_index * vms, node_index * vms + vms)
         result = lifecycle.UpResult(job_id, [
             lifecycle.Guest(job_id, r, f"vtorque-x-{r}", f"vt31-{r}", "running",
-                            mac=f"52:54:00:00:00:{r:02x}") for r in ranks], seconds=1.5)
+                            mac=f"52:54:00:00:00:{r:02x}", ready_seconds=1.2 + r,
+                            address=f"10.0.0.{r + 5}") for r in ranks], seconds=1.5,
+            image_name="testguest", image_digest="ab" * 32)
         everyone = [GuestEntry(r, f"vt31-{r}", None, request.vcpus)
                     for r in range(node_count * vms)]
         return result, everyone
@@ -217,15 +219,20 @@ def test_sister_success_runs_and_publishes_ready(sister_config: Any, fake: Recor
     assert status.state == handoff.READY
     assert [g["rank"] for g in status.guests] == [2, 3]
     assert status.guests[0] == {"rank": 2, "name": "vtorque-x-2", "hostname": "vt31-2",
-                                "mac": "52:54:00:00:00:02", "kind": "linux"}
+                                "mac": "52:54:00:00:00:02", "kind": "linux",
+                                "address": "10.0.0.7", "ready_seconds": 3.2,
+                                "image": "testguest", "digest": "ab" * 32}
     assert fake.user_files == [] and fake.cleaned == []
 
 
 def test_mother_superior_waits_for_all_then_writes_the_user_files(config: Any,
                                                                   fake: Recorder) -> None:
-    handoff.publish(config, JOB, handoff.NodeStatus("n2", handoff.READY, run=1))
+    handoff.publish(config, JOB, handoff.NodeStatus("n2", handoff.READY, run=1, guests=[
+        {"rank": 2, "ready_seconds": 7.25}]))
     outcome = provision.start(context(), config, mother_superior=True)
-    assert outcome == Outcome.run()
+    # The job's record: this node's image and digest, the slowest guest's boot.
+    assert outcome == Outcome.run(note=f"image=testguest sha256={'ab' * 32} boot=7.2s "
+                                       "nodes=2")
     assert fake.user_files == [(JOB, "alice", 2)]
     assert fake.cleaned == []
 
@@ -295,7 +302,7 @@ def test_the_two_steps_can_run_in_two_events(config: Any, fake: Recorder,
     entries = [GuestEntry(r, f"vt31-{r}", None, 1) for r in range(2)]
     monkeypatch.setattr(provision, "_job_entries", lambda ctx, cfg: entries)
     assert provision.start(context(), config, mother_superior=True,
-                           provision_here=False) == Outcome.run()
+                           provision_here=False).action == RUN
     assert len(fake.up_calls) == 1 and fake.user_files == [(JOB, "alice", 2)]
 
 

@@ -94,7 +94,8 @@ def fake_bring_up(monkeypatch: pytest.MonkeyPatch, error: Exception | None = Non
         if error is not None:
             raise error
         guest = SimpleNamespace(rank=node_index, name=f"vt-{job_id}-{node_index}",
-                                hostname=f"vm{node_index}", mac="52:54:00:00:00:01")
+                                hostname=f"vm{node_index}", mac="52:54:00:00:00:01",
+                                address=None, ready_seconds=0.5)
         return SimpleNamespace(guests=[guest], seconds=0.1, image_kind="kernel",
                                image_name="testguest", image_digest="0" * 64,
                                rdma=None), []
@@ -209,7 +210,11 @@ def test_mother_superior_runs_the_job_once_every_node_is_ready(
     publish_sister(site, ok=True)
     assert site.main("prolog", node="n1") == 0
     assert seen == [(JOB, "alice", 0, 2)]
-    assert site.argvs() == [["scontrol", "show", "job", "-dd", JOB]]
+    # Read the job, then record what it runs on in its AdminComment (sacct shows it).
+    assert site.argvs() == [["scontrol", "show", "job", "-dd", JOB],
+                            ["scontrol", "update", f"jobid={JOB}",
+                             "admincomment=vtorque: image=testguest sha256=" + "0" * 64
+                             + " boot=0.5s nodes=2"]]
 
 
 def test_another_nodes_fault_requeues_held_without_draining_this_node(

@@ -12,10 +12,14 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from vtorque import proc
 from vtorque.errors import CommandError, NodeError, UnknownJobError
 from vtorque.text import one_line
+
+if TYPE_CHECKING:       # made only where a record is read (batch/allocation.py)
+    from vtorque.batch.allocation import NodeAllocation
 
 
 @dataclass(frozen=True)
@@ -37,10 +41,19 @@ class JobContext:
     admin_note: str | None = None     # the note an admin (or vtorque) left on the job
     uid: int | None = None            # the owner's uid, when the server names it (Slurm)
     created: int | None = None        # the server's creation (submit) time, epoch seconds
+    # What the job holds on each of `nodes` (same order); empty when the record does not
+    # say (or, for a job without VMs, could not be read: nothing is decided from it).
+    allocations: tuple[NodeAllocation, ...] = ()
 
     @property
     def is_vm_job(self) -> bool:
         return bool(self.vm_request)
+
+    def allocation(self, name: str) -> NodeAllocation | None:
+        """What the job holds on node `name` (a short name matches its FQDN); None when
+        the record did not say. NodeError when `name` is not one of the job's nodes."""
+        index = self.node_index(name)
+        return self.allocations[index] if index < len(self.allocations) else None
 
     def node_index(self, name: str) -> int:
         """Position of node `name` in the job's node list; a short name matches its FQDN.
@@ -91,6 +104,13 @@ class BatchSystem(ABC):
     @abstractmethod
     def offline_node(self, node: str, reason: str) -> None:
         """Take `node` out of service with a note an admin can read."""
+
+    def note_job(self, job_id: str, reason: str, previous: str | None = None) -> bool:
+        """Leave `reason` in the job's record where its owner and `qstat`/`sacct` users
+        read it, in a place only an administrator can write. False when this scheduler
+        has no such place root can reach from a node's hook (the hook itself then
+        carries the message: OpenPBS's hook script sets the job's comment)."""
+        return False
 
     # How the scheduler's query commands say "no such job" (lowercased stdout+stderr).
     unknown_job_patterns: tuple[str, ...] = (r"unknown job id",)
@@ -228,6 +248,23 @@ def count_id_ranges(text: str) -> int:
             raise ValueError(f"descending range in {one_line(text, 60)!r}")
         total += high - low + 1
     return total
+
+
+ID_LIST_MAX = 1 << 16         # CPU ids on one node: far more than any node has
+
+
+def expand_id_ranges(text: str, limit: int = ID_LIST_MAX) -> tuple[int, ...]:
+    """`0-3,8` -> (0, 1, 2, 3, 8), ascending, each once; ValueError for anything else or
+    for more than `limit` ids (a range is counted before it is expanded)."""
+    if count_id_ranges(text) > limit:
+        raise ValueError(f"more than {limit} ids in {one_line(text, 60)!r}")
+    ids: set[int] = set()
+    for item in text.split(","):
+        match = _ID_RANGE.fullmatch(item.strip())
+        low = int(match.group(1))
+        high = int(match.group(2)) if match.group(2) is not None else low
+        ids.update(range(low, high + 1))
+    return tuple(sorted(ids))
 
 
 def is_executable(path: str) -> bool:

@@ -1,16 +1,18 @@
 """The adapters by name: register, get, detect (which batch system's commands are in
-bin_dir). Importing this imports no adapter; get() imports just the one asked for."""
+bin_dir). Importing this imports no adapter, nor the adapters' base (vsub reads only the
+names below); get() imports just the one asked for."""
 
 from __future__ import annotations
 
 import importlib
 import os
-import re
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from vtorque import proc
-from vtorque.batch.base import BatchSystem, is_executable
 from vtorque.errors import NodeError
+
+if TYPE_CHECKING:
+    from vtorque.batch.base import BatchSystem
 
 ADAPTER_MODULES = {"torque": "vtorque.batch.torque", "openpbs": "vtorque.batch.openpbs",
                    "slurm": "vtorque.batch.slurm"}
@@ -55,6 +57,8 @@ def detect(bin_dir: str, timeout: float = 10.0) -> str:
     Cheap file checks first; only when neither family's marker is there, ask
     `qstat --version` (Torque prints 'Version: 6.1.2', PBS 'pbs_version = 23.06.06').
     """
+    from vtorque.batch.base import is_executable
+
     def has(name: str) -> bool:
         return is_executable(os.path.join(bin_dir, name))
 
@@ -71,6 +75,9 @@ def detect(bin_dir: str, timeout: float = 10.0) -> str:
     if os.geteuid() == 0:               # root runs it: only a qstat nobody else can change
         from vtorque.files import FILE, verify_path
         verify_path(qstat, FILE)
+    import re
+
+    from vtorque import proc
     try:
         done = proc.run([qstat, "--version"], timeout=timeout, check=False)
         text = (done.stdout + done.stderr).lower()

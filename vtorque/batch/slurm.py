@@ -94,12 +94,13 @@ class Slurm(BatchSystem):
         self.run([self.command("scontrol"), "update", f"nodename={node}", "state=drain",
                   f"reason={node_note(reason)}"])
 
-    def note_job(self, job_id: str, reason: str, previous: str | None = None) -> None:
+    def note_job(self, job_id: str, reason: str, previous: str | None = None) -> bool:
         """Put `reason` where `scontrol show job` (and sacct) show it: AdminComment, which
         only an administrator (root here) can set, so the user cannot fake or erase it."""
         jobid.check(job_id, self.name)
         self.run([self.command("scontrol"), "update", f"jobid={job_id}",
                   f"admincomment={job_note(reason, previous)}"])
+        return True
 
     def cancel_job(self, job_id: str) -> None:
         """End the job (CANCELLED); -Q: a job that already ended is no error."""

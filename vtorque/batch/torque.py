@@ -12,7 +12,14 @@ import re
 import xml.etree.ElementTree as ET
 
 from vtorque import jobid
-from vtorque.batch.base import BatchSystem, JobContext, check_node_name, node_note, pick_job
+from vtorque.batch.base import (
+    BatchSystem,
+    JobContext,
+    check_node_name,
+    node_note,
+    note,
+    pick_job,
+)
 from vtorque.batch.pbs import context_from_attrs, parse_variable_list, refuse_repeated
 from vtorque.batch.registry import register
 from vtorque.errors import NodeError, RecordError
@@ -21,6 +28,7 @@ from vtorque.text import one_line
 # Characters XML 1.0 forbids. Torque escapes & " ' < > (MXMLSetVal) but copies control
 # characters of user-set values (Job_Name, -v variables) as they are, which would make
 # the whole document unparsable; they are dropped before parsing.
+COMMENT_MAX = 400                   # the job comment vtorque writes
 _XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
@@ -103,9 +111,21 @@ class Torque(BatchSystem):
         check_node_name(node, self.name)
         self.run([self.command("pbsnodes"), "-o", "-N", node_note(reason), node])
 
+    def note_job(self, job_id: str, reason: str, previous: str | None = None) -> bool:
+        """The job's comment (`qstat -f` shows it, also after the job ended): settable by
+        operators and managers only, never by the owner. Takes the same privilege as
+        pbsnodes -o. qalter -W refuses a bare value with '=' or ',' in it (exit 2,
+        "illegal -W value") and takes it in double quotes, which the note never holds."""
+        jobid.check(job_id, self.name)
+        text = note(reason, COMMENT_MAX).replace('"', "'")
+        self.run([self.command("qalter"), "-W", f'comment="{text}"', job_id])
+        return True
+
     # -- pbs_python ----------------------------------------------------------------------------
-    # UNTESTED HERE: pbs_python (a SWIG binding over libtorque) is never installed on the
-    # development machines. Any failure falls back to qstat, which reports errors precisely.
+    # pbs_python (SARA's SWIG binding of libtorque, built by scripts/torque-cluster) reads
+    # the same record as qstat -f -x without a process per query; tests/e2e/
+    # test_torque_real.py compares both paths on a running job of the real server. Any
+    # failure falls back to qstat, which reports errors precisely.
     def _job_via_pbs_python(self, job_id: str) -> JobContext | None:
         try:
             import pbs  # type: ignore[import-not-found]
@@ -120,7 +140,8 @@ class Torque(BatchSystem):
             if conn is None or conn < 0:
                 return None
             try:
-                status = pbs.pbs_statjob(conn, job_id, None, None)
+                # pbs_python spells C NULL as the string "NULL" (its SWIG typemaps).
+                status = pbs.pbs_statjob(conn, job_id, "NULL", "NULL")
             finally:
                 pbs.pbs_disconnect(conn)
             if not status:

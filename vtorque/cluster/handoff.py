@@ -59,6 +59,12 @@ class NodeStatus:
     run: int = 0                     # the job's run count: a requeued run ignores older ones
     rdma: str | None = None          # the RDMA transport the node's guests got
     job_id: str = ""                 # the job, for the reaper (directories are job keys)
+    clean: bool = False              # failed and rolled back: holds nothing of the job
+
+    @property
+    def holds(self) -> bool:
+        """Whether the node may still hold part of the job (guests, files, devices)."""
+        return not (self.state == FAILED and self.clean)
 
 
 def job_dir(config: Config, job_id: str) -> str:
@@ -111,6 +117,11 @@ def publish(config: Config, job_id: str, status: NodeStatus) -> None:
 
 def read(config: Config, job_id: str, node: str) -> NodeStatus | None:
     return read_key(config, job_key(job_id), node)
+
+
+def read_path(path: str, node: str) -> NodeStatus | None:
+    """The status in the file at `path` (in a verified job directory), None when gone."""
+    return _read(path, node)
 
 
 def _read(path: str, node: str) -> NodeStatus | None:

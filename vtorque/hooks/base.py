@@ -73,6 +73,7 @@ class Hook(ABC):
     events: Mapping[str, str] = {}                 # event name -> START/LAUNCH/END/IGNORE
     exit_codes: Mapping[str, int] = {RUN: 0, ABORT: 1, REQUEUE: 2}
     end_failure = 1                                # teardown incomplete
+    end_offlined = 1           # teardown incomplete, and this node took itself offline
 
     # -- what differs between schedulers ---------------------------------------------------
     @abstractmethod
@@ -81,8 +82,15 @@ class Hook(ABC):
         """The job id, owner and role from the batch system's arguments/environment;
         HookUsage when they are not what the batch system passes."""
 
-    def failure_status(self, kind: str) -> int:
+    # The exit status of an event that only reports (Invocation.decides False) when the
+    # hook cannot do its job: such an event never fails the job (the mother superior finds
+    # out by its timeout); OpenPBS adds its OFFLINE bit.
+    report_failure = 0
+
+    def failure_status(self, kind: str, inv: Invocation | None = None) -> int:
         """The exit status for "this hook could not do its job" in an event of `kind`."""
+        if inv is not None and not inv.decides and kind == START:
+            return self.report_failure
         return self.exit_codes[REQUEUE] if kind in (START, LAUNCH) else self.end_failure
 
     def unknown_event_kind(self, event: str) -> str:
@@ -102,7 +110,19 @@ class Hook(ABC):
             self.offline_here(outcome, config, adapter)
         if not inv.decides:
             return 0
+        self.note_job(outcome.record, inv, config, adapter)
         return self.exit_codes[outcome.action]
+
+    def note_job(self, text: str, inv: Invocation, config, adapter) -> None:
+        """Leave `text` in the job's record (what ran, or why it did not); best effort,
+        logged: the job's fate is the exit status."""
+        if not text:
+            return
+        try:
+            adapter.note_job(inv.job_id, text)
+        except VtorqueError as exc:
+            self.log(config).error("job %s: cannot note the job's record: %s", inv.job_id,
+                                   exc)
 
     def offline_here(self, outcome: Outcome, config, adapter) -> bool:
         """Take this node out of service for its own fault; best effort, logged."""
@@ -133,23 +153,28 @@ class Hook(ABC):
             return self.failure_status(self.unknown_event_kind(event))
         if kind == IGNORE:
             return 0
+        inv = None
         try:
-            return self._main(event, kind, args, config_path, env)
+            inv = self.invocation(event, kind, args, env)
+            jobid.check(inv.job_id, self.scheduler)
+            return self._main(inv, config_path, env)
+        except VtorqueError as exc:      # the batch system's arguments are not usable
+            say(f"vtorque: {self.scheduler} {event}: {exc}")
+            return self.failure_status(kind, inv)
         except Exception as exc:  # a bug must not leave the job in limbo: fail, log it
             import traceback
             say(f"vtorque: internal error in the {self.scheduler} {event} hook: {exc!r}")
             traceback.print_exc(file=sys.stderr)
-            return self.failure_status(kind)
+            return self.failure_status(kind, inv)
 
-    def _main(self, event: str, kind: str, args: list[str], config_path: str | None,
+    def _main(self, inv: Invocation, config_path: str | None,
               environ: Mapping[str, str]) -> int:
+        event, kind = inv.event, inv.kind
         try:
-            inv = self.invocation(event, kind, args, environ)
-            jobid.check(inv.job_id, self.scheduler)
             config = self.load_config(config_path, inv)
         except VtorqueError as exc:
             say(f"vtorque: {self.scheduler} {event}: {exc}")
-            return self.failure_status(kind)
+            return self.failure_status(kind, inv)
         if kind == END:
             return self.end(inv, config, environ)
         try:
@@ -158,7 +183,7 @@ class Hook(ABC):
         except VtorqueError as exc:
             say(f"vtorque: {self.scheduler} {event} of job {inv.job_id}: {exc}")
             self.log(config).error("job %s: %s", inv.job_id, exc)
-            return self.failure_status(kind)
+            return self.failure_status(kind, inv)
         if kind == LAUNCH:
             return self.launch(inv, config, adapter)
         return self.start(inv, config, adapter)
@@ -244,9 +269,14 @@ class Hook(ABC):
         if not anything_here(inv.job_id, config):
             return 0        # every job of the cluster passes here: a few stat() calls
 
+        offlined: list[str] = []
+
         def offline(node: str, note: str) -> None:    # the adapter only when needed
             self.adapter(config, environ).offline_node(node, note)
+            offlined.append(node)
 
         ok, message = teardown(inv.job_id, config, offline=offline)
         say(message)
-        return 0 if ok else self.end_failure
+        if ok:
+            return 0
+        return self.end_offlined if offlined else self.end_failure

@@ -23,7 +23,9 @@ deletes the job: rerunning cannot help); 2 a node is at fault (the hook rejects 
 requeues the job; batch.max_requeues bounds it, then 1). begin: 0 (it only reports). Any
 of these plus OFFLINE (8) when this node is at fault: the hook takes this MoM's vnodes
 offline through the event, which needs no server privileges. end and abort: 0 clean; 1
-the teardown is incomplete (the hook takes the node offline).
+the teardown is incomplete (the hook takes the node offline). The primary's prologue
+prints one `vtorque-note: TEXT` line on stdout, what the job's comment should say (the
+image that ran, or why the job did not start); the hook script sets it.
 """
 
 from __future__ import annotations
@@ -37,10 +39,14 @@ from vtorque.text import one_line
 
 ROLES = ("ms", "sister")
 OFFLINE = 8      # added to the exit status: this node is at fault, take it offline
+# The primary's prologue prints the line for the job's record (its comment) on stdout.
+NOTE_PREFIX = "vtorque-note: "
+NOTE_MAX = 400
 
 
 class OpenPBSHook(Hook):
     scheduler = "openpbs"
+    report_failure = 2           # execjob_begin cannot work: rejected, PBS reruns the job
     events = {"begin": START, "prologue": START, "launch": LAUNCH, "epilogue": IGNORE,
               "end": END, "abort": END}
 
@@ -64,6 +70,11 @@ class OpenPBSHook(Hook):
 
     def act(self, outcome: Outcome, inv: Invocation, config, adapter, ctx) -> int:
         say(outcome.message)
+        if inv.decides and outcome.record:
+            # The hook script sets the job's comment from this line (a MoM's root cannot
+            # alter jobs at the server; the hook's job object can).
+            from vtorque.batch.base import note
+            print(NOTE_PREFIX + note(outcome.record, NOTE_MAX), flush=True)
         status = self.exit_codes[outcome.action] if inv.decides else 0
         return status | OFFLINE if outcome.fault == THIS_NODE else status
 

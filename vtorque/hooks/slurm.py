@@ -52,7 +52,7 @@ class SlurmHook(Hook):
     events = {"prolog": START, "epilog": END}
     exit_codes = {RUN: 0, "abort": 0, "requeue": 1}
 
-    def failure_status(self, kind: str) -> int:
+    def failure_status(self, kind: str, inv: Invocation | None = None) -> int:
         return 1
 
     def invocation(self, event: str, kind: str, args: list[str],
@@ -81,10 +81,12 @@ class SlurmHook(Hook):
 
     def act(self, outcome: Outcome, inv: Invocation, config, adapter, ctx) -> int:
         say(outcome.message)
-        if outcome.action == RUN:
-            return 0
         actions = _Actions(adapter, self.log(config), inv.job_id,
                            ctx.admin_note if ctx is not None else None)
+        if outcome.action == RUN:
+            if outcome.note:            # the mother superior: what the job runs on
+                actions.note(outcome.note)
+            return 0
         node = outcome.nodes[0] if outcome.fault == THIS_NODE else None
         from vtorque.node import node_name
         here = node_name(config.node_name)

@@ -64,7 +64,7 @@ def _provision(ctx: JobContext, config: Config) -> tuple[Outcome, list | None]:
         return Outcome.node_fault(f"vtorque: job {ctx.job_id}: {exc}", name), None
     index = ctx.nodes.index(name)
     log.info("job %s: provisioning on %s (run %d)", ctx.job_id, name, ctx.run_count)
-    events.record(config, ctx.job_id, "start", run=ctx.run_count)
+    events.record(config, ctx.job_id, "start", run=ctx.run_count, user=ctx.user)
     try:
         result, job_guests = _bring_up(ctx, config, index)
     except UserError as exc:
@@ -81,7 +81,9 @@ def _provision(ctx: JobContext, config: Config) -> tuple[Outcome, list | None]:
         return Outcome.node_fault(f"vtorque: node {name} failed to start the job's guests: "
                                   f"{exc}", name), None
     guests = [{"rank": g.rank, "name": g.name, "hostname": g.hostname, "mac": g.mac,
-               "kind": result.image_kind} for g in result.guests]
+               "kind": result.image_kind, "address": g.address,
+               "ready_seconds": g.ready_seconds, "image": result.image_name,
+               "digest": result.image_digest} for g in result.guests]
     handoff.publish(config, ctx.job_id, handoff.NodeStatus(
         name, handoff.READY, guests=guests, run=ctx.run_count, rdma=result.rdma))
     log.info("job %s: %d guest(s) ready on %s in %.1f s", ctx.job_id, len(guests), name,
@@ -124,13 +126,28 @@ def _job_entries(ctx: JobContext, config: Config):
 
 def _publish_failure(config: Config, ctx: JobContext, name: str, reason: str,
                      user_fault: bool) -> None:
-    """Tell the mother superior; if even that fails, it finds out by its timeout."""
+    """Tell the mother superior; if even that fails, it finds out by its timeout. The
+    status says whether this node is left holding nothing of the job: not every batch
+    system runs a node's epilogue after its prologue failed (Torque runs only the mother
+    superior's), so a node that rolled back completely must not keep the job-wide pieces
+    (cluster/jobwide.py)."""
     try:
         handoff.publish(config, ctx.job_id, handoff.NodeStatus(
-            name, handoff.FAILED, reason, user_fault=user_fault, run=ctx.run_count))
+            name, handoff.FAILED, reason, user_fault=user_fault, run=ctx.run_count,
+            clean=_holds_nothing(ctx.job_id, config)))
     except (VtorqueError, OSError) as exc:
         node_logger(config).error("job %s: cannot publish the failure of %s: %s",
                                   ctx.job_id, name, exc)
+
+
+def _holds_nothing(job_id: str, config: Config) -> bool:
+    """No file, function or guest of the job is left on this node (doubt: it holds).
+    Guests exist only while the job's directory does (teardown.has_local_state)."""
+    from vtorque.epilogue.teardown import has_local_state
+    try:
+        return not has_local_state(job_id, config)
+    except (VtorqueError, OSError):
+        return False
 
 
 def assemble_job(ctx: JobContext, config: Config, entries: list | None = None) -> Outcome:
@@ -160,7 +177,8 @@ def assemble_job(ctx: JobContext, config: Config, entries: list | None = None) -
             write_user_files(ctx.job_id, config, ctx.user,
                              entries if entries is not None else _job_entries(ctx, config),
                              _keys(ctx), kinds[0] if kinds and kinds[0] else "linux")
-            return Outcome.run()
+            return Outcome.run(note=_what_runs(statuses[name], statuses.values(),
+                                               len(ctx.nodes)))
         except (VtorqueError, OSError, KeyError) as exc:
             failed = [handoff.NodeStatus(name, handoff.FAILED,
                                          f"cannot write the job's files: {exc}")]
@@ -183,6 +201,17 @@ def assemble_job(ctx: JobContext, config: Config, entries: list | None = None) -
     if any(s.node == name for s in failed):
         return Outcome.node_fault(message, name)
     return Outcome.others_fault(message, tuple(s.node for s in failed))
+
+
+def _what_runs(own: handoff.NodeStatus, everyone, nodes: int) -> str:
+    """The job's record of a start: the image and digest this node's guests run and the
+    slowest guest's boot, e.g. `image=debian12 sha256=... boot=58.3s nodes=2`."""
+    guests = [g for s in everyone for g in s.guests if isinstance(g, dict)]
+    mine = next((g for g in own.guests if isinstance(g, dict)), {})
+    boots = [g["ready_seconds"] for g in guests
+             if isinstance(g.get("ready_seconds"), (int, float))]
+    return events.accounting_note(mine.get("image"), mine.get("digest"),
+                                  max(boots) if boots else None, nodes=nodes)
 
 
 def _mixed_transports(statuses: dict[str, handoff.NodeStatus]) -> list[handoff.NodeStatus]:
