@@ -257,3 +257,32 @@ def test_an_added_image_runs_a_job_its_owner_watches_and_logs_into(op):
     assert samples['vtorque_jobs_running{}'] == 0
     removed = op.vtorque("image", "remove", ADDED)
     assert removed.returncode == 0 and os.listdir(op.pool) == [], removed.stderr
+
+
+def test_an_interactive_vm_session_on_slurm(op):
+    """`vsub --interactive`: salloc with the request; once the allocation's guests are up
+    the owner's session (here a command instead of a shell) runs in guest rank 0 through
+    `vtorque ssh`; the allocation's end leaves nothing."""
+    cluster = op.cluster
+    added = op.vtorque("image", "add", ADDED, f"{POOL}/testguest.vmlinuz", "--kind", "kernel",
+                       "--initrd", f"{POOL}/testguest.initrd", "--cmdline",
+                       "console=ttyS0 panic=-1 quiet", "--distro", "debian", "--host-share")
+    assert added.returncode == 0, added.stderr
+    try:
+        env = {**cluster.env, "HOME": f"/home/{JOB_USER}", "PYTHONPATH": str(REPO),
+               "VTORQUE_CONFIG": str(op.config_path)}
+        done = subprocess.run(["setpriv", f"--reuid={JOB_UID}", f"--regid={JOB_UID}",
+                               "--init-groups", "--", sys.executable, "-m",
+                               "vtorque.submit.vsub", "--interactive", "-N", "1", "-vm",
+                               f"img={ADDED}", "--", "sh", "-c", "hostname; id -un"],
+                              capture_output=True, text=True, env=env, cwd=cluster.workdir,
+                              stdin=subprocess.DEVNULL, timeout=300)
+        granted = [line.split()[-1] for line in done.stderr.splitlines()
+                   if line.startswith("salloc: Granted job allocation")]
+        assert done.returncode == 0 and granted, done.stdout + done.stderr + cluster.logs()
+        [job] = granted
+        print(f"vsub --interactive: {done.stdout!r}")
+        assert done.stdout.split() == [f"vt{job}-0", JOB_USER], done.stdout + done.stderr
+        cluster.wait("nothing left", lambda: cluster.leftovers(job) == [], timeout=120)
+    finally:
+        op.vtorque("image", "remove", ADDED)

@@ -360,7 +360,8 @@ def test_double_dash_command_is_refused(site: Site) -> None:
 def test_interactive_is_refused(site: Site, argv: list[str], script: str) -> None:
     r = site.run(*argv, "-vm", "img=testguest", site.script(script))
     assert r.code == 1 and r.err.count("\n") == 1
-    assert "interactive VM jobs (-I) are not supported yet; submit a batch job" in r.err
+    assert "interactive VM jobs (-I) are not supported with qsub" in r.err
+    assert "log into it with `vtorque ssh JOB`" in r.err
     assert not site.calls_file.exists()
 
 

@@ -412,3 +412,58 @@ def test_leading_block_ends_where_sbatch_stops_reading() -> None:
     assert script.block_end == 6
     assert [(line, o.names, o.value) for line, o in script.options()] == [
         (3, ("time",), "5"), (6, ("mem",), "1G")]
+
+
+# --- interactive sessions: salloc, then vtorque ssh into guest rank 0 ----------------------
+
+def interactive(site: Site, monkeypatch: pytest.MonkeyPatch, *argv: str):
+    """vsub --interactive ARGV: the argv it would exec salloc with, or (when it refuses)
+    the run's code, out and err."""
+    for name in ("salloc", "srun"):
+        path = site.bin / name
+        path.write_text("#!/bin/sh\nexit 0\n")
+        path.chmod(0o755)
+    execs: list[list[str]] = []
+
+    def fake_exec(path: str, args: list[str]) -> None:
+        execs.append(args)
+        raise SystemExit(0)
+    monkeypatch.setattr(os, "execv", fake_exec)
+    monkeypatch.setattr(os, "isatty", lambda fd: False)
+    try:
+        return site.run("--interactive", *argv)
+    except SystemExit:
+        return execs[0]
+
+
+def test_an_interactive_session_allocates_with_the_request_and_logs_into_rank0(
+        site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    argv = interactive(site, monkeypatch, "-N", "2", "-vm", "img=testguest,vcpus=1", "--",
+                       "hostname", "-f")
+    assert argv[0] == str(site.bin / "salloc")
+    at = argv.index("/bin/sh")
+    assert argv[1:at] == ["-N", "2", "--comment=vtorque:img=testguest;vcpus=1", *ADDED]
+    session, name, srun, python, *rest = argv[at + 2:]
+    assert (name, srun) == ("vsub-session", str(site.bin / "srun"))
+    assert rest == ["--", "hostname", "-f"]
+    # The session: a step on the first node running vtorque ssh for this job.
+    done = subprocess.run(["/bin/sh", "-c", session.replace('exec "$srun"', 'echo "$srun"'),
+                           name, srun, python, *rest], capture_output=True, text=True,
+                          env={"SLURM_JOB_ID": "77", "PATH": "/usr/bin:/bin"})
+    assert done.stdout.split() == [srun, "--overlap", "--nodes=1", "--ntasks=1", python,
+                                   "-m", "vtorque", "ssh", "77", "--", "hostname", "-f"]
+    assert nothing_submitted(site)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-vm", "img=testguest", "job.sh"], "takes no job script"),
+    (["-vm", "img=testguest", "--comment=vtorque:img=x"], "may not start with 'vtorque:'"),
+    (["-vm", "img=testguest,vcpus=9999"], "vcpus"),
+])
+def test_an_interactive_session_refuses_what_a_batch_job_would(
+        site: Site, monkeypatch: pytest.MonkeyPatch, argv: list[str], message: str) -> None:
+    site.script(JOB)
+    done = interactive(site, monkeypatch, *argv)
+    assert done.code != 0 and message in done.err, done
+    assert done.err.count("\n") == 1                  # one line
+    assert nothing_submitted(site)

@@ -96,6 +96,8 @@ def vsub_page() -> str:
     for name in ("torque", "slurm"):
         usage = registry.SUBMITTERS[name].usage.removeprefix("usage: ")
         lines += [esc(usage), ".br"]
+    lines += [esc("vsub --interactive [salloc options] [-vm key=value[,key=value]]... "
+                  "[-- command]"), ".br"]
     lines += ["\\fBvsub \\-\\-help\\fR", ".SH DESCRIPTION",
               "vsub passes every qsub (Torque, OpenPBS) or sbatch (Slurm) option through "
               "unchanged and adds \\fB\\-vm\\fR requests: the guests the job gets on every "
@@ -105,7 +107,12 @@ def vsub_page() -> str:
               "here with one line and nothing is submitted; the job's resources are raised "
               "to fit the guests plus the node's reserve. The script runs inside guest rank "
               "0 as you, with the job's hostfile; \\fBvtorque status\\fR shows where the "
-              "job is and \\fBvtorque ssh\\fR logs into its guests.",
+              "job is and \\fBvtorque ssh\\fR logs into its guests. With Slurm, "
+              "\\fB\\-\\-interactive\\fR allocates with salloc instead and, once every "
+              "node's guests are up, runs a shell (or the command after \\fB\\-\\-\\fR) in "
+              "guest rank 0 for the life of the allocation. qsub's \\fB\\-I\\fR is refused "
+              "(its shell would run on the node, outside the guests): submit a batch job "
+              "and log into it with \\fBvtorque ssh\\fR.",
               ".SH VM KEYS", "Defaults below are vtorque's own; a site's config may change "
               "them (\\fBvsub \\-\\-help\\fR prints this site's)."]
     defaults = schema.SCHEMA["defaults"]
@@ -117,7 +124,8 @@ def vsub_page() -> str:
     lines += [".SH EXAMPLES", ".nf",
               esc("vsub -vm img=debian12,vcpus=4,ram=8G job.sh"),
               esc("vsub -l nodes=2 -vm img=debian12,vms_per_node=2 mpi.sh"),
-              esc("vsub -N 2 -vm distro=debian,vrdma=yes mpi.sh        (Slurm)"), ".fi",
+              esc("vsub -N 2 -vm distro=debian,vrdma=yes mpi.sh        (Slurm)"),
+              esc("vsub --interactive -N 2 -vm img=debian12            (Slurm)"), ".fi",
               ".SH EXIT STATUS", "qsub's (sbatch's) when it ran; 1 when the request, the "
               "config or the image is refused (one line on standard error, nothing "
               "submitted); 2 a malformed option list.", ".SH ENVIRONMENT", ".TP",

@@ -25,12 +25,17 @@ def print_help() -> int:
                "key may be given only once. The request travels in the job's comment",
                "(vtorque:...; a comment of yours is kept after it). vsub raises --mincpus",
                "and --mem (or --mem-per-cpu) so that each node holds the guests plus the",
-               "host's reserve, and prints exactly what sbatch prints.", ""]
+               "host's reserve, and prints exactly what sbatch prints.", "",
+               "vsub --interactive [salloc options] [-vm ...]... [-- COMMAND] allocates",
+               "with salloc instead: once every node's guests are up, a shell (or COMMAND)",
+               "runs in guest rank 0 (vtorque ssh) for the life of the allocation.", ""]
     else:
         out = [registry.SUBMITTERS["torque"].usage, "",
                "Submits a batch job whose script runs inside virtual machines that exist",
                "only for the life of the job. Every qsub option is passed to qsub",
-               "(interactive -I is not supported). -vm requests may be repeated and may",
+               "(not -I: an interactive shell would run outside the guests; log into a",
+               "running job's guest rank 0 with `vtorque ssh JOB`). -vm requests may be",
+               "repeated and may",
                "also be given as '#PBS -vm key=value' lines in the script's leading",
                "directive block; a key may be given only once. vsub raises -l nodes/ppn and",
                "-l mem so that each node holds the guests plus the host's reserve, and",

@@ -156,7 +156,9 @@ def parse_args(argv: Sequence[str], *, where: str = "", allow_script: bool = Tru
 
 
 def refuse_interactive(parsed: ParsedArgs, where: str = "") -> None:
-    """-I and -W interactive=true: VM jobs run in batch only (for now)."""
+    """-I and -W interactive=true: refused. qsub -I starts the user's shell on the mother
+    superior itself, outside the guests (the job shell never runs), so the session would
+    not be in the job's environment; a batch job plus `vtorque ssh` gives that session."""
     interactive = parsed.has("I")
     for arg in parsed.args_of("W"):
         for item in split_list(arg):
@@ -164,8 +166,9 @@ def refuse_interactive(parsed: ParsedArgs, where: str = "") -> None:
             if name.strip().lower() == "interactive" and value.strip().lower() in TRUE_WORDS:
                 interactive = True
     if interactive:
-        raise Unsupported(f"{where}interactive VM jobs (-I) are not supported yet; submit a "
-                         "batch job script instead")
+        raise Unsupported(f"{where}interactive VM jobs (-I) are not supported with qsub: its "
+                          "shell would run on the node, not in the guests; submit a batch "
+                          "job (e.g. `sleep 3600`) and log into it with `vtorque ssh JOB`")
 
 
 def split_list(text: str) -> list[str]:

@@ -93,9 +93,75 @@ def build_sbatch_submission(cmdline: SbatchArgs, script: SbatchScript, encoded_r
                       copy_name="wrap" if wrapped else None, wait=wait)
 
 
+INTERACTIVE = "--interactive"
+# What salloc runs once every node's guests are up (PrologFlags=Alloc: salloc waits for
+# the nodes' Prolog): `vtorque ssh JOB [-- COMMAND]` as a job step on the allocation's
+# first node, where the job's guests and keys are: the owner's shell in guest rank 0.
+SESSION = ('srun=$1 python=$2; shift 2; exec "$srun" --overlap --nodes=1 --ntasks=1 '
+           '{pty}"$python" -m vtorque ssh "$SLURM_JOB_ID" "$@"')
+
+
+def build_salloc_args(cmdline: SbatchArgs, encoded_request: str, need: Footprint,
+                      srun: str, python: str, command: list[str], tty: bool
+                      ) -> tuple[list[str], list[str]]:
+    """(salloc's arguments, notes) for an interactive VM session: the user's options, the
+    request in the comment and the resources raised as for sbatch, then the session."""
+    from vtorque.batch.slurm_record import COMMENT_MARKER, comment_for_request
+    if cmdline.script is not None or cmdline.values("wrap"):
+        raise UsageError(f"vsub {INTERACTIVE} takes no job script: the session is a shell "
+                         "in guest rank 0 (a command may follow --)")
+    if any(ch.isspace() for ch in encoded_request):
+        raise RequestError("-vm values cannot contain white space")
+    user = cmdline.values("comment")
+    if user and user[-1].startswith(COMMENT_MARKER):
+        raise RequestError(f"the job comment may not start with {COMMENT_MARKER!r}: vsub "
+                           "writes the VM request there", key="comment")
+    added, notes = adjust_sbatch_resources(cmdline, SbatchScript(None, ""), need)
+    args = cmdline.words(drop=("comment",))
+    args.append(f"--comment={comment_for_request(encoded_request, user[-1] if user else None)}")
+    args += added
+    session = SESSION.format(pty="--pty " if tty else "")
+    return [*args, "/bin/sh", "-c", session, "vsub-session", srun, python,
+            *(["--", *command] if command else [])], [f"note: {n}" for n in notes]
+
+
+def interactive(argv: list[str], config) -> int:
+    """vsub --interactive [salloc options] -vm ... [-- COMMAND]: an allocation whose
+    guests come up like a batch job's, and a shell (or COMMAND) in guest rank 0 for its
+    life; salloc owns the terminal (exec), its exit status is vsub's."""
+    import os
+    import sys
+
+    from vtorque.submit import common
+    from vtorque.submit.sbatch_args import parse_sbatch_args
+    words = [w for w in argv if w != INTERACTIVE]
+    command: list[str] = []
+    if "--" in words:
+        at = words.index("--")
+        words, command = words[:at], words[at + 1:]
+    parsed = parse_sbatch_args(words, environ=os.environ)
+    if parsed.script is not None or parsed.values("wrap"):
+        raise UsageError(f"vsub {INTERACTIVE} takes no job script: the session is a shell "
+                         "in guest rank 0 (a command may follow --)")
+    encoded, need = common.check_request(list(parsed.vm_texts), config)
+    salloc = common.command_path(config, "salloc")
+    srun = common.command_path(config, "srun")
+    args, notes = build_salloc_args(parsed, encoded, need, srun, sys.executable, command,
+                                    tty=os.isatty(0))
+    for note in notes:
+        common.say(note)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execv(salloc, [salloc, *args])
+    except OSError as exc:
+        raise NodeError(f"cannot run {salloc}: {exc.strerror}") from None
+    return 1
+
+
 def submit(argv: list[str], config, config_error=None) -> int:
     """vsub with sbatch: sbatch's options, the request in the job's comment, the script
-    wrapped for the job shell."""
+    wrapped for the job shell. With --interactive: salloc, and a shell in guest rank 0."""
     import os
 
     from vtorque.request import JOB_VARIABLE
@@ -104,6 +170,8 @@ def submit(argv: list[str], config, config_error=None) -> int:
     from vtorque.submit.sbatch_table import WRAP_HEADER
     if config_error is not None:
         raise config_error
+    if INTERACTIVE in argv:
+        return interactive(argv, config)
     parsed = parse_sbatch_args(argv, environ=os.environ)
     if parsed.has("help"):
         from vtorque.submit.help import print_help
