@@ -1,7 +1,7 @@
 """Stand-in for RDMA hardware: fake sysfs trees modelled on a real mlx5 (ConnectX) layout.
 
 No InfiniBand hardware exists here, so discovery and VF allocation are tested against
-trees laid out as shared/reference/samples/mlx5-sysfs-notes.md describes: the adapter in
+trees laid out as the recorded notes of a real mlx5 adapter describe: the adapter in
 sys/class/infiniband as a link into its PCI device, ports with the kernel's formats
 ("4: ACTIVE", "5: LinkUp", "0x%04x" pkeys), SR-IOV files and virtfnN/physfn links on the
 PCI devices, and MLNX_OFED's sriov/<N>/{node,port,policy} files (optional: the upstream
