@@ -318,3 +318,102 @@ def test_the_node_name_in_the_message_is_bounded(cfg: Any) -> None:
     with pytest.raises(RequestError) as info:
         check_fits_allocation(request, alloc(1, None), "n" * 500 + "\nforged", rank0_here=True)
     assert "\n" not in str(info.value) and len(str(info.value)) < 400
+
+
+# --- in the prologue: each node holds its guests against its own part ------------------------
+
+def _torque(cpus: int, gigs: int) -> Any:
+    return parse_qstat_xml(torque_job(f"n1/0-{cpus - 1}", f"<mem>{gigs}gb</mem>"), "0.vm")
+
+
+def _openpbs(cpus: int, gigs: int) -> Any:
+    return parse_qstat_json(pbs_job(f"n1/0*{cpus}", f"(n1:ncpus={cpus}:mem={gigs}gb)"),
+                            "16.vm")
+
+
+def _slurm_text(cpus: int, gigs: int) -> Any:
+    text = SLURM_REAL.read_text().replace("CPU_IDs=0-1 Mem=1000",
+                                          f"CPU_IDs=0-{cpus - 1} Mem={gigs * 1024}")
+    return parse_show_job(text, "1").ctx
+
+
+def _slurm_json(cpus: int, gigs: int) -> Any:
+    data = json.loads((DATA / "slurm-scontrol-show-job-24.11.json").read_text())
+    job = data["jobs"][0]
+    job_id = str(job["job_id"]) if not isinstance(job["job_id"], dict) \
+        else str(job["job_id"]["number"])
+    job["nodes"], job["comment"] = "n1", "vtorque:img=x"
+    job["job_resources"] = {"allocated_nodes": [{"nodename": "n1", "cpus": cpus,
+                                                 "memory_allocated": gigs * 1024}]}
+    return parse_show_job(json.dumps(data), job_id).ctx
+
+
+FORMATS = {"torque exec_host + mem": (_torque, "exec_host", "Resource_List.mem"),
+           "openpbs exec_vnode": (_openpbs, "exec_vnode", "exec_vnode"),
+           "slurm -dd CPU_IDs/Mem": (_slurm_text, "CPU_IDs", "Mem"),
+           "slurm json": (_slurm_json, "job_resources", "job_resources")}
+
+
+class Started:
+    """guests.bring_up as a recorder: what would have been started."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        from types import SimpleNamespace
+
+        from vtorque.prologue import guests
+        self.calls: list[tuple[int, int]] = []
+
+        def bring_up(job_id: str, request: Any, config: Any, **kwargs: Any) -> Any:
+            self.calls.append((request.vcpus, request.ram_mib))
+            guest = SimpleNamespace(rank=0, name="vt-0", hostname="vm0", address=None,
+                                    mac="52:54:00:00:00:01", ready_seconds=0.5)
+            return SimpleNamespace(guests=[guest], seconds=0.1, image_kind="kernel",
+                                   image_name="x", image_digest="0" * 64, rdma=None), []
+        monkeypatch.setattr(guests, "bring_up", bring_up)
+
+
+def _start(ctx: Any, make_config: Any, tmp_path: Path, vm: str) -> Any:
+    """This node's prologue for `ctx` (its first node) asking for `vm`."""
+    import dataclasses
+
+    from vtorque.prologue import provision
+    ctx = dataclasses.replace(ctx, vm_request=vm, user="root", uid=0, created=1796170623)
+    cfg = make_config({"node_name": ctx.nodes[0], "log_file": str(tmp_path / "vt.log")})
+    return provision.start(ctx, cfg, mother_superior=False), cfg, ctx
+
+
+@pytest.mark.parametrize("form", sorted(FORMATS))
+def test_one_core_and_one_gig_refuse_eight_vcpus_and_32_gib_in_every_format(
+        form: str, make_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vtorque.cluster import handoff
+    from vtorque.outcome import ABORT, USER
+    parse, cores_from, memory_from = FORMATS[form]
+    started = Started(monkeypatch)
+    ctx = parse(1, 1)
+    assert (ctx.allocations[0].cpus, ctx.allocations[0].memory_mib) == (1, 1024)
+    outcome, cfg, ctx = _start(ctx, make_config, tmp_path, "vcpus=8;ram=32G")
+    node = ctx.nodes[0]
+    assert (outcome.action, outcome.fault) == (ABORT, USER)
+    assert "\n" not in outcome.message
+    assert outcome.message.startswith(f"vtorque: job {ctx.job_id} refused: -vm vcpus=8 ")
+    assert (f"needs 8 cores on node {node}, but the batch system allocated this job 1 "
+            f"there ({cores_from})") in outcome.message
+    assert started.calls == []
+    status = handoff.read(cfg, ctx.job_id, node)
+    assert status.state == handoff.FAILED and status.user_fault and status.clean
+    # Cores enough, memory not: the memory is named, with QEMU's share.
+    outcome, _, _ = _start(parse(8, 1), make_config, tmp_path, "vcpus=8;ram=32G")
+    assert (outcome.action, outcome.fault) == (ABORT, USER)
+    assert f"allocated this job 1G there ({memory_from})" in outcome.message
+    assert "for QEMU" in outcome.message and started.calls == []
+
+
+@pytest.mark.parametrize("form", sorted(FORMATS))
+def test_a_request_within_the_allocation_starts_in_every_format(
+        form: str, make_config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vtorque.outcome import RUN
+    parse = FORMATS[form][0]
+    started = Started(monkeypatch)
+    outcome, _, _ = _start(parse(8, 40), make_config, tmp_path, "vcpus=8;ram=32G")
+    assert outcome.action == RUN, outcome.message
+    assert started.calls == [(8, 32768)]

@@ -346,3 +346,121 @@ def test_a_mark_never_leaves_the_pointer_leading_to_other_marks(
     markers.mark(moved, JOB)
     assert markers.marked(moved, JOB)
     assert not pointer(cfg).exists() and not pointer(cfg).is_symlink()
+
+
+# --- end to end: the prologue marks, the real Python epilogue unmarks, the shim skips --------
+
+REAL = """#!/bin/sh
+echo call >> {record}
+exec {python} "$@"
+"""
+
+
+class RealShims(Shims):
+    """The shims running the real vtorque epilogue (through a wrapper that counts the
+    calls), with the config they were installed for."""
+
+    def __init__(self, tmp: Path, cfg: Any):
+        super().__init__(tmp, cfg)
+        wrapper = tmp / "fake-python"                   # the python the shims run
+        wrapper.write_text(REAL.format(record=self.record, python=sys.executable))
+        wrapper.chmod(0o755)
+
+    def torque_epilogue_run(self, job_id: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["/bin/sh", str(self.torque["epilogue"]), job_id,
+                               *EPILOGUE_ARGS[1:]], env={}, capture_output=True,
+                              text=True, timeout=120)
+
+
+@pytest.fixture
+def site_cfg(config_data: dict[str, Any], tmp_path: Path) -> Any:
+    """A node's config in its file, as the hooks load it."""
+    import yaml
+
+    from vtorque import config as config_mod
+    data = dict(config_data, state_dir=str(tmp_path / "state"),
+                ramdisk_dir=str(tmp_path / "ramdisk"), node_name="n1",
+                # No libvirt daemon is ever reached: a teardown that needs libvirt fails.
+                libvirt_uri=f"test://{tmp_path}/no-such-driver.xml")
+    # No batch server either: taking the node offline fails, and says so.
+    empty = tmp_path / "no-batch-commands"
+    empty.mkdir()
+    data["batch"] = dict(data["batch"], system="torque", bin_dir=str(empty))
+    path = tmp_path / "vtorque.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return config_mod.load(str(path))
+
+
+def _prologue(cfg: Any, monkeypatch: pytest.MonkeyPatch, vm: str | None) -> list[bool]:
+    """A job's prologue on this node (the mother superior of a one-node job), its guests
+    a recorder that notes whether the mark was there."""
+    from types import SimpleNamespace
+
+    from vtorque.batch.base import JobContext
+    from vtorque.prologue import guests, provision
+    seen: list[bool] = []
+
+    def bring_up(job_id: str, request: Any, config: Any, **kwargs: Any) -> Any:
+        seen.append(markers.marked(config, job_id))
+        guest = SimpleNamespace(rank=0, name="vt-0", hostname="vm0", mac="52:54:00:00:00:01",
+                                address=None, ready_seconds=0.5)
+        return SimpleNamespace(guests=[guest], seconds=0.1, image_kind="kernel",
+                               image_name="testguest", image_digest="0" * 64, rdma=None), []
+    monkeypatch.setattr(guests, "bring_up", bring_up)
+    ctx = JobContext(scheduler="torque", job_id=JOB, user="root", group="root",
+                     job_name="job", queue="batch", nodes=("n1",), slots=(1,),
+                     vm_request=vm, workdir=None, run_count=1, created=1796170623, uid=0)
+    outcome = provision.start(ctx, cfg, mother_superior=False)
+    assert outcome.action == "run", outcome.message
+    return seen
+
+
+def test_end_to_end_a_vm_jobs_epilogue_runs_vtorque_once_then_its_id_costs_nothing(
+        tmp_path: Path, site_cfg: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    shims = RealShims(tmp_path, site_cfg)
+    markers.mark(site_cfg, "1.other")                # the fast path is armed here
+    assert pointer(site_cfg).is_symlink()
+    assert _prologue(site_cfg, monkeypatch, "vcpus=1") == [True]
+    assert markers.marked(site_cfg, JOB)
+    assert os.path.lexists(handoff_dir(site_cfg))     # the job's status in the hand-off
+    done = shims.torque_epilogue_run(JOB)
+    assert done.returncode == 0, done.stderr
+    assert shims.calls() == 1                        # the marked job ran vtorque
+    assert not markers.marked(site_cfg, JOB)         # which left nothing, and no mark
+    assert not os.path.lexists(handoff_dir(site_cfg))
+    assert shims.torque_epilogue_run(JOB).returncode == 0
+    assert shims.calls() == 1                        # now the shim skips vtorque
+
+
+def test_end_to_end_a_job_without_vms_never_runs_vtorque(
+        tmp_path: Path, site_cfg: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    shims = RealShims(tmp_path, site_cfg)
+    markers.mark(site_cfg, "1.other")
+    _prologue(site_cfg, monkeypatch, None)
+    assert not markers.marked(site_cfg, JOB)
+    for _ in range(2):
+        assert shims.torque_epilogue_run(JOB).returncode == 0
+    assert shims.calls() == 0
+
+
+def test_end_to_end_a_failed_teardown_keeps_the_job_on_the_python_path(
+        tmp_path: Path, site_cfg: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job's guests cannot be reached (libvirt refuses): the epilogue fails, the mark
+    stays, and every later epilogue of the job runs vtorque again."""
+    shims = RealShims(tmp_path, site_cfg)
+    markers.mark(site_cfg, "1.other")
+    _prologue(site_cfg, monkeypatch, "vcpus=1")
+    paths = JobPaths.for_job(JOB, site_cfg.state_dir, site_cfg.ramdisk_dir)
+    os.makedirs(paths.job_dir)                       # the guests' state on this node
+    first = shims.torque_epilogue_run(JOB)
+    assert first.returncode != 0
+    assert f"teardown of job {JOB} on n1 incomplete" in first.stderr
+    assert "Traceback" not in first.stderr
+    assert markers.marked(site_cfg, JOB)
+    shims.torque_epilogue_run(JOB)
+    assert shims.calls() == 2
+
+
+def handoff_dir(cfg: Any) -> str:
+    from vtorque.cluster import handoff
+    return handoff.job_dir(cfg, JOB)

@@ -16,6 +16,7 @@ from vtorque.errors import HypervisorError, ImageError, NodeError, RequestError
 from vtorque.mpi.hostfile import GuestEntry
 from vtorque.mpi.sshkeys import KeyScope
 from vtorque.outcome import ABORT, OTHER_NODES, REQUEUE, RUN, THIS_NODE, USER, Outcome
+from vtorque import markers
 from vtorque.prologue import guests, provision
 from vtorque.vm import lifecycle
 
@@ -334,3 +335,105 @@ def test_mother_superior_refuses_a_job_whose_nodes_mix_rdma_transports(
     assert [job for job, _ in fake.cleaned] == [JOB]
     assert fake.user_files == []
     assert handoff.read(config, JOB, "n1").rdma == "sriov"
+
+
+# --- the job's mark on this node (vtorque.markers) -----------------------------------------
+
+def _made(config: Any) -> list[str]:
+    """Everything under the node's state, ramdisk and shared directories but the marks."""
+    found = []
+    for root in (config.state_dir, config.ramdisk_dir, config.batch.shared_state_dir):
+        for where, dirs, files in os.walk(root):
+            dirs[:] = [d for d in dirs if d != markers.MARK_DIR]
+            found += [os.path.join(where, n) for n in dirs + files]
+    return sorted(found)
+
+
+class MarkOrder:
+    """Every step that makes something for the job records whether the mark was there."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, config: Any, fake: Recorder):
+        self.config = config
+        self.steps: list[tuple[str, Any]] = []
+        real_mark, real_publish, real_up = markers.mark, handoff.publish, fake.bring_up
+
+        def mark(cfg: Any, job_id: str) -> None:
+            self.steps.append(("mark", _made(cfg)))
+            real_mark(cfg, job_id)
+
+        def publish(cfg: Any, job_id: str, status: Any) -> None:
+            self.steps.append((f"publish {status.state}", markers.marked(cfg, job_id)))
+            real_publish(cfg, job_id, status)
+
+        def bring_up(job_id: str, request: Any, cfg: Any, **kwargs: Any) -> Any:
+            self.steps.append(("bring_up", markers.marked(cfg, job_id)))
+            return real_up(job_id, request, cfg, **kwargs)
+
+        monkeypatch.setattr(markers, "mark", mark)
+        monkeypatch.setattr(handoff, "publish", publish)
+        monkeypatch.setattr(guests, "bring_up", bring_up)
+
+
+def test_a_vm_job_is_marked_before_anything_is_made_for_it(config: Any, fake: Recorder,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    order = MarkOrder(monkeypatch, config, fake)
+    outcome = provision.start(context(), config, mother_superior=False)
+    assert outcome == Outcome.run()
+    assert order.steps == [("mark", []), ("bring_up", True), ("publish ready", True)]
+    assert markers.marked(config, JOB) and markers.jobs(config) == [JOB]
+
+
+@pytest.mark.parametrize("error", [ImageError("image 'x' is not authorized"),
+                                   HypervisorError("cannot connect to libvirt")])
+def test_a_failed_start_is_published_after_the_mark_and_keeps_it(
+        config: Any, fake: Recorder, monkeypatch: pytest.MonkeyPatch,
+        error: Exception) -> None:
+    """The failed status is something of the job (in the hand-off): the mark stays until
+    the epilogue finds nothing left."""
+    order = MarkOrder(monkeypatch, config, fake)
+    fake.error = error
+    provision.start(context(), config, mother_superior=False)
+    assert order.steps == [("mark", []), ("bring_up", True), ("publish failed", True)]
+    assert markers.marked(config, JOB)
+
+
+def test_a_request_refused_on_the_node_is_published_after_the_mark(
+        config: Any, fake: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    order = MarkOrder(monkeypatch, config, fake)
+    outcome = provision.start(context(vm="vcpus=0"), config, mother_superior=False)
+    assert outcome.action == ABORT
+    assert order.steps == [("mark", []), ("publish failed", True)]
+
+
+def test_a_node_that_cannot_mark_the_job_makes_nothing(config: Any, fake: Recorder) -> None:
+    os.makedirs(config.state_dir)
+    os.chmod(config.state_dir, 0o777)          # not trusted: no mark can be made there
+    outcome = provision.start(context(), config, mother_superior=False)
+    assert (outcome.action, outcome.fault, outcome.nodes) == (REQUEUE, THIS_NODE, ("n1",))
+    assert "\n" not in outcome.message
+    assert outcome.message.startswith(f"vtorque: node n1 failed to start the job's guests: "
+                                      f"cannot mark job {JOB} on this node: ")
+    assert "writable by group or others" in outcome.message
+    assert fake.up_calls == []
+    assert handoff.read(config, JOB, "n1") is None          # not even a failed status
+    assert not os.path.exists(handoff.job_dir(config, JOB))
+    assert os.listdir(config.state_dir) == []
+
+
+def test_the_mother_superior_that_cannot_mark_does_not_assemble(config: Any,
+                                                               fake: Recorder) -> None:
+    os.makedirs(config.state_dir)
+    os.chmod(config.state_dir, 0o777)
+    handoff.publish(config, JOB, handoff.NodeStatus("n2", handoff.READY, run=1))
+    outcome = provision.start(context(), config, mother_superior=True)
+    assert outcome.fault == THIS_NODE and "cannot mark" in outcome.message
+    assert fake.up_calls == [] and fake.user_files == []
+
+
+def test_a_job_without_vms_is_never_marked(config: Any, fake: Recorder) -> None:
+    for vm in (None, ""):
+        for ms in (True, False):
+            assert provision.start(context(vm=vm), config, mother_superior=ms).action == RUN
+    assert not markers.marked(config, JOB) and markers.jobs(config) == []
+    assert _made(config) == []

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from vtorque import markers
 from vtorque.epilogue import teardown
 from vtorque.errors import NodeError, TeardownError
 from vtorque.journal import JobPaths
@@ -178,3 +179,84 @@ def test_sister_withdraws_its_status_published_under_the_fqdn(config: Any,
     handoff.publish(config, JOB, handoff.NodeStatus("n1.cluster", handoff.READY))
     assert teardown.teardown(JOB, config) == (True, "")
     assert handoff.read(config, JOB, "n1.cluster") is None
+
+
+# --- the job's mark on this node (vtorque.markers) -----------------------------------------
+
+def test_a_marked_job_with_nothing_left_here_loses_its_mark(config: Any,
+                                                            no_down: None) -> None:
+    """Nothing to tear down (say the prologue marked the job and then failed before
+    making anything): the mark goes, so the next epilogue of the id costs no Python."""
+    markers.mark(config, JOB)
+    markers.mark(config, "56.head")
+    assert teardown.teardown(JOB, config) == (True, "")
+    assert markers.jobs(config) == ["56.head"]
+    assert teardown.teardown(JOB, config) == (True, "")      # twice: fine
+
+
+def test_a_completed_teardown_removes_the_mark(config: Any,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[bool] = []
+
+    def down(job_id: str, cfg: Any) -> list[str]:
+        seen.append(markers.marked(cfg, job_id))     # still there while guests may be
+        os.rmdir(paths(cfg).job_dir)
+        return ["vtorque-x-0"]
+    monkeypatch.setattr(lifecycle, "down", down)
+    markers.mark(config, JOB)
+    os.makedirs(paths(config).job_dir)
+    addresses.allocate(config, JOB, 1)
+    handoff.publish(config, JOB, handoff.NodeStatus("n1", handoff.READY))
+    assert teardown.teardown(JOB, config) == (True, "")
+    assert seen == [True]
+    assert not markers.marked(config, JOB)
+
+
+@pytest.mark.parametrize("where", ["down", "leave"])
+def test_a_failed_teardown_keeps_the_mark(config: Any, monkeypatch: pytest.MonkeyPatch,
+                                          where: str) -> None:
+    from vtorque.cluster import jobwide
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise NodeError("cannot connect to libvirt" if where == "down" else "lock busy")
+    if where == "down":
+        monkeypatch.setattr(lifecycle, "down", broken)
+        os.makedirs(paths(config).job_dir)
+    else:
+        monkeypatch.setattr(jobwide, "leave", broken)
+        handoff.publish(config, JOB, handoff.NodeStatus("n1", handoff.READY))
+    markers.mark(config, JOB)
+    ok, _ = teardown.teardown(JOB, config, offline=lambda node, note: None)
+    assert not ok
+    assert markers.marked(config, JOB)
+
+
+def test_a_mark_stays_while_anything_of_the_job_is_left(config: Any,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """lifecycle.down returned, yet a file of the job is still here: the mark stays (the
+    next epilogue or the reaper looks again)."""
+    monkeypatch.setattr(lifecycle, "down", lambda job_id, cfg: [])
+    markers.mark(config, JOB)
+    os.makedirs(paths(config).ramdisk_dir)
+    assert teardown.teardown(JOB, config)[0]
+    assert markers.marked(config, JOB)
+    assert teardown.forget(JOB, config) is False
+
+
+def test_a_job_that_was_never_marked_gets_no_mark_and_no_directory(config: Any,
+                                                                   no_down: None) -> None:
+    assert teardown.teardown(JOB, config) == (True, "")
+    assert teardown.forget(JOB, config) is True
+    assert not os.path.exists(config.state_dir)
+
+
+def test_the_reapers_and_the_admins_clean_remove_the_mark(config: Any,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """clean_node is the one way a job leaves a node (epilogue, reaper, `vtorque vm
+    down`): each completed one removes the mark."""
+    monkeypatch.setattr(lifecycle, "down", lambda job_id, cfg: [])
+    markers.mark(config, JOB)
+    assert teardown.clean_node(JOB, config, domains=True) == []
+    assert not markers.marked(config, JOB)

@@ -5,6 +5,12 @@ completed take the node out of service rather than leave it in an unknown state.
 
 Needs nothing from the batch server (the job may be gone already) and works for jobs that
 never had guests here: a job without state on this node costs a few stat() calls.
+
+The job's mark on this node (vtorque.markers, made by the prologue before anything else)
+goes here and only here, once nothing of the job is left: after clean_node completed, or
+when there was nothing to tear down. A teardown that fails keeps it, so the next
+epilogue (or the reaper) looks again; the shims skip the Python epilogue only for jobs
+without a mark.
 """
 
 from __future__ import annotations
@@ -65,7 +71,25 @@ def clean_node(job_id: str, config: Config, *, domains: bool = False) -> list[st
         destroyed = lifecycle.down(job_id, config)
         release_functions(job_id, config)
     jobwide.leave(config, job_id, node_name(config.node_name))
+    forget(job_id, config)
     return destroyed
+
+
+def forget(job_id: str, config: Config) -> bool:
+    """Remove the job's mark on this node once nothing of the job is left here (True
+    when no mark is left). Anything still here keeps it: the next epilogue looks again.
+    A job that never had a mark here costs one lstat()."""
+    from vtorque import markers
+    if not markers.marked(config, job_id):
+        return True
+    if has_local_state(job_id, config):
+        return False
+    if markers.unmark(config, job_id):
+        return True
+    from vtorque.log import node_logger
+    node_logger(config).error("job %s: its mark on this node cannot be removed; every "
+                              "epilogue of the job runs vtorque", job_id)
+    return False
 
 
 def release_functions(job_id: str, config: Config) -> None:
@@ -83,6 +107,7 @@ def teardown(job_id: str, config: Config, *,
              offline: Callable[[str, str], None] | None = None) -> tuple[bool, str]:
     """The epilogue: clean_node, and on failure take the node offline. (ok, message)."""
     if not anything_here(job_id, config):
+        forget(job_id, config)
         return True, ""     # a job without VMs here: the common case, kept cheap
     import time
 

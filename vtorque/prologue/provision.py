@@ -15,11 +15,19 @@ execjob_begin and the mother superior assembles in execjob_prologue.
 Returns an Outcome (vtorque.outcome): the action, the message and whose fault a failure
 was; the scheduler's hook (vtorque.hooks) turns it into what its batch system understands
 and applies the requeue limit.
+
+Provision is where every batch system's prologue first makes something for a VM job on a
+node, so it is where the job is marked on the node (vtorque.markers): before its status
+in the hand-off, its address block, any file, lock or guest. A node that cannot mark the
+job makes nothing, not even a failed status (the mother superior finds out by its
+timeout), and reports its own fault. Then, before anything is made, the request is held
+against what the batch system allocated the job on this node
+(request.check_fits_allocation): guests beyond it are the user's error.
 """
 
 from __future__ import annotations
 
-from vtorque import events, node
+from vtorque import events, markers, node
 from vtorque.batch.base import JobContext
 from vtorque.cluster import handoff
 from vtorque.config import Config
@@ -56,6 +64,8 @@ def provision(ctx: JobContext, config: Config) -> Outcome:
 
 def _provision(ctx: JobContext, config: Config) -> tuple[Outcome, list | None]:
     """provision(), and every guest of the job as the owner's files will name them."""
+    if not ctx.is_vm_job:
+        return Outcome.run(), None       # nothing to make, and never a mark
     log = node_logger(config)
     try:
         name = this_node(ctx, config)
@@ -63,6 +73,14 @@ def _provision(ctx: JobContext, config: Config) -> tuple[Outcome, list | None]:
         name = node.node_name(config.node_name)
         return Outcome.node_fault(f"vtorque: job {ctx.job_id}: {exc}", name), None
     index = ctx.nodes.index(name)
+    try:
+        markers.mark(config, ctx.job_id)      # before anything of the job exists here
+    except (VtorqueError, OSError) as exc:
+        reason = f"cannot mark job {ctx.job_id} on this node: {_os_reason(exc)}"
+        log.error("job %s: provisioning failed on %s: %s", ctx.job_id, name, reason)
+        events.record(config, ctx.job_id, "failed", fault=THIS_NODE, reason=reason)
+        return Outcome.node_fault(f"vtorque: node {name} failed to start the job's guests: "
+                                  f"{reason}", name), None
     log.info("job %s: provisioning on %s (run %d)", ctx.job_id, name, ctx.run_count)
     events.record(config, ctx.job_id, "start", run=ctx.run_count, user=ctx.user)
     try:
@@ -74,7 +92,7 @@ def _provision(ctx: JobContext, config: Config) -> tuple[Outcome, list | None]:
         return Outcome.user_error(f"vtorque: job {ctx.job_id} refused: {exc}"), None
     except (VtorqueError, OSError) as exc:
         if isinstance(exc, OSError):     # a file system the job needs refused a write
-            exc = NodeError(f"{exc.filename or 'the job state'}: {exc.strerror or exc}")
+            exc = NodeError(_os_reason(exc))
         log.error("job %s: provisioning failed on %s: %s", ctx.job_id, name, exc)
         events.record(config, ctx.job_id, "failed", fault=THIS_NODE, reason=str(exc))
         _publish_failure(config, ctx, name, str(exc), user_fault=False)
@@ -93,14 +111,43 @@ def _provision(ctx: JobContext, config: Config) -> tuple[Outcome, list | None]:
     return Outcome.run(), job_guests
 
 
+def _os_reason(exc: Exception) -> str:
+    if isinstance(exc, OSError):
+        return f"{exc.filename or 'the job state'}: {exc.strerror or exc}"
+    return str(exc)
+
+
 def _request(ctx: JobContext, config: Config):
     from vtorque.request import build_request, decode_pairs
     return build_request(decode_pairs(ctx.vm_request), config)
 
 
+def check_allocation(ctx: JobContext, config: Config, request, index: int) -> None:
+    """Refuse (RequestError, the user's) guests of `request` on node `index` of the job
+    that exceed what the batch system allocated the job there: vCPUs against its cores,
+    RAM, QEMU's overhead and disks on ramdisk against its memory (when bounded). A record
+    that names no allocation for the node leaves the check to the node's own cores and
+    memory (lifecycle.check), with a line in the log. An allocation the server printed
+    unreadably never gets here: the adapter refused the record (batch/allocation.py)."""
+    from vtorque.request import check_fits_allocation
+    name = ctx.nodes[index]
+    allocation = ctx.allocation(name)
+    if allocation is None:
+        node_logger(config).warning(
+            "job %s: the %s record names no allocation for node %s; its guests are "
+            "checked against the node only", ctx.job_id, ctx.scheduler, name)
+        return
+    # With fs_type=ramdisk the overlays live in memory too, but what they grow to (at
+    # most the image's virtual size) is not known before the image is authorized
+    # (lifecycle.check): only the scratch disk of rank 0 is counted here.
+    check_fits_allocation(request, allocation, name, rank0_here=index == 0)
+
+
 def _bring_up(ctx: JobContext, config: Config, index: int):
     from vtorque.prologue.guests import bring_up
-    return bring_up(ctx.job_id, _request(ctx, config), config, user=ctx.user,
+    request = _request(ctx, config)
+    check_allocation(ctx, config, request, index)
+    return bring_up(ctx.job_id, request, config, user=ctx.user,
                     node_index=index, node_count=len(ctx.nodes), node=ctx.nodes[index],
                     run=ctx.run_count, workdir=ctx.workdir, keys=_keys(ctx))
 
