@@ -18,9 +18,9 @@
 # in /etc/pbs.conf (else /opt/pbs/bin/qmgr). The python and config paths are baked into
 # the hook the server sends to every MoM: they must be valid on every compute node.
 #
-# Alarm: the prologue on the primary MoM brings up its own guests (bounded by
-# timeouts.provision, default 240 s) and then waits for every other node (again bounded
-# by timeouts.provision), so the default is 2 x 240 + 60 = 540 s; keep
+# Alarm: execjob_begin brings up each MoM's guests (bounded by timeouts.provision,
+# default 240 s) and the primary's prologue then waits for every other node (again
+# bounded by timeouts.provision), so the default is 2 x 240 + 60 = 540 s; keep
 # alarm >= 2 x timeouts.provision + 60. The hook ends vtorque itself before the alarm.
 # --no-abort-event: leave out execjob_abort (PBS Pro 18.x has no such event).
 # --node (on every compute node, as root): install the job shell the launch hook gives VM

@@ -1,5 +1,5 @@
-# vtorque hook for OpenPBS / PBS Professional: one body for the events execjob_prologue,
-# execjob_launch, execjob_epilogue, execjob_end and execjob_abort.
+# vtorque hook for OpenPBS / PBS Professional: one body for the events execjob_begin,
+# execjob_prologue, execjob_launch, execjob_epilogue, execjob_end and execjob_abort.
 #
 # contrib/pbs_hooks/install.sh fills in the constants below and imports the result with
 # qmgr; the server copies it to every MoM, which runs it as root (hook user pbsadmin)
@@ -11,7 +11,11 @@
 # process group, killed on a timeout kept below the hook's alarm) and maps the exit
 # status onto accept/reject. vtorque re-reads the job from the server and decides.
 #
-#   prologue  the job's comment from vtorque's `vtorque-note:` line on stdout (the image
+#   begin     every MoM: vtorque brings up this node's guests and reports through the
+#             hand-off; this node at fault (status + OFFLINE): its vnodes go offline;
+#             always accepts (the primary's prologue decides).
+#   prologue  the primary MoM (sisters accept): the job's comment and log line from
+#             vtorque's `vtorque-note:` line on stdout (the image
 #             the job runs on, or why it did not start), then:
 #             0 accept; 1 (the job's request is at fault) job.delete() + reject: the job
 #             is deleted, not rerun; 2 (this node is at fault) job.rerun() + reject: PBS
@@ -25,7 +29,7 @@
 #   epilogue  nothing.
 #   end/abort teardown on this MoM; a failure offlines this MoM's vnodes (vnode_list) and
 #             rejects.
-# Non-VM jobs (no VTORQUE_VM in the event's Variable_List) skip the subprocess in the
+# Non-VM jobs (no VTORQUE_VM in the event's Variable_List) skip the subprocess in begin,
 # prologue and launch; the event's values are only ever used to skip, never to act.
 #
 # Keep this file ASCII (qmgr imports it with the 7-bit "default" encoding) and valid
@@ -323,11 +327,15 @@ def _begin(event, job, job_id, user, role):
 
 def _note_job(event, job_id, out):
     """The job's comment from vtorque's note line: the image a job runs on, or why it did
-    not start (qstat -f shows it to the owner; a MoM's root cannot qalter the job)."""
+    not start (qstat -f shows it to the owner while the job waits or runs; a MoM's root
+    cannot qalter the job). The server writes its own comment when the job ends, so the
+    note also goes to the job's log (tracejob)."""
     for line in out.splitlines():
         if line.startswith(NOTE_PREFIX):
+            note = _clean(line[len(NOTE_PREFIX):])
+            _joblog(job_id, note)
             try:
-                event.job.comment = _clean(line[len(NOTE_PREFIX):])
+                event.job.comment = note
             except Exception as exc:
                 _log(pbs.LOG_ERROR, "cannot set the comment of %s: %r" % (job_id, exc))
 
@@ -352,6 +360,7 @@ def _launch(event, job, job_id, user, role):
     if role != "ms" or not _is_first_task(event) or not _maybe_vm_job(job, event.env):
         return _accept(event)
     status, out, message, _ = _vtorque("launch", job_id, user, role)
+    status = _take_offline_bit(event, status, message)
     if status == 1:
         return _delete_and_reject(event, job_id, message)
     if status != 0:

@@ -185,6 +185,11 @@ class RealCluster:
         path = Path(self.config(node).log_file)
         return path.read_text() if path.exists() else ""
 
+    def logged(self, job_id: str, *fragments: str) -> bool:
+        """Whether one node's vtorque log has a line of the job with all `fragments`."""
+        return any(f'"job": "{job_id}"' in line and all(f in line for f in fragments)
+                   for node in self.nodes for line in self.node_log(node).splitlines())
+
     # -- what differs ------------------------------------------------------------------------
     def job(self, job_id: str) -> dict | None:
         raise NotImplementedError
@@ -319,8 +324,11 @@ class OpenPBSCluster(RealCluster):
         # The launch hook of the job's primary MoM names its own node's job shell.
         return self.root / node / "job-shell"
 
-    def run(self, *argv: str, check: bool = True, admin: bool = False
+    def run(self, *argv: str, check: bool = True, admin: bool = True
             ) -> subprocess.CompletedProcess:
+        """A PBS command as root; admin (the default): on the server's host (inside the
+        namespace), where root is a PBS manager: elsewhere the real server treats root as
+        any other user (qdel and qrls of another user's job: "Unauthorized Request")."""
         env = {"PATH": f"{self.bin_dir}:/usr/sbin:/usr/bin:/bin", "LANG": "C",
                "PBS_CONF_FILE": self.env["PBS_CONF_FILE"]}
         command = [os.path.join(self.bin_dir, argv[0]), *argv[1:]]
@@ -347,8 +355,15 @@ class OpenPBSCluster(RealCluster):
                 if "offline" in info.get("state", "") or "down" in info.get("state", "")}
 
     def clear(self, node: str) -> None:
-        self.run("pbsnodes", "-r", node, admin=True, check=False)
-        self.run("qmgr", "-c", f"unset node {node} comment", admin=True, check=False)
+        """Back in service, as an admin does. A vnode a MoM hook took offline stays
+        offline after `pbsnodes -r` on the real server; qmgr sets its state."""
+        self.run("qmgr", "-c", f"set node {node} state = free")
+        self.run("qmgr", "-c", f"unset node {node} comment", check=False)
+
+    def mom_log(self, node: str) -> str:
+        """The MoM's own log (what pbs.logjobmsg writes for the job, tracejob's source)."""
+        logs = Path(self.env["PBS_CONF_FILE"]).parent / "moms" / node / "mom_logs"
+        return "".join(path.read_text(errors="replace") for path in sorted(logs.glob("*")))
 
 
 def module_cluster(kind: type[RealCluster], name: str, **overrides):
@@ -373,6 +388,28 @@ def module_cluster(kind: type[RealCluster], name: str, **overrides):
                                timeout=300)
             remove(root)
     return fixture
+
+
+def job_list(cluster_fixture: str):
+    """A test's fixture: the list the test appends its job ids to; at its end each job is
+    deleted and torn down on every node (cleanup), whatever the test did."""
+    @pytest.fixture
+    def jobs(request):
+        cluster = request.getfixturevalue(cluster_fixture)
+        made: list[str] = []
+        yield made
+        cleanup(cluster, made)
+    return jobs
+
+
+def withdrawn_image(pool: str) -> str:
+    """A descriptor of testguest under another name (the same files), to withdraw after
+    submission; returns its path."""
+    text = Path(pool, "testguest.yaml").read_text().replace("name: testguest",
+                                                             "name: vanishing")
+    descriptor = Path(pool, "vanishing.yaml")
+    descriptor.write_text(text)
+    return str(descriptor)
 
 
 def cleanup(cluster: RealCluster, jobs: list[str]) -> None:

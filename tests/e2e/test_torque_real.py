@@ -33,7 +33,8 @@ import pytest
 
 from tests.e2e.accounts import JOB_USER
 from tests.e2e.conftest import REPO
-from tests.e2e.real_batch import PYTHON, TorqueCluster, cleanup, module_cluster
+from tests.e2e.real_batch import (PYTHON, TorqueCluster, cleanup, job_list,
+                                   module_cluster, withdrawn_image)
 from vtorque.journal import JobPaths
 
 pytestmark = pytest.mark.guests
@@ -62,11 +63,7 @@ sleep 600
 torque = module_cluster(TorqueCluster, "torque-real")
 
 
-@pytest.fixture
-def jobs(torque):
-    made: list[str] = []
-    yield made
-    cleanup(torque, made)
+jobs = job_list("torque")
 
 
 def out_files(cluster, job_id: str, name: str) -> tuple[str, str]:
@@ -75,12 +72,6 @@ def out_files(cluster, job_id: str, name: str) -> tuple[str, str]:
     err = cluster.workdir / f"{name}.e{number}"
     cluster.wait(f"{out} delivered", lambda: out.exists() and err.exists(), timeout=60)
     return out.read_text(), err.read_text()
-
-
-def logged(cluster, job_id: str, *fragments: str) -> bool:
-    """Whether one node's vtorque log has a line of the job with all `fragments`."""
-    return any(f'"job": "{job_id}"' in line and all(f in line for f in fragments)
-               for node in cluster.nodes for line in cluster.node_log(node).splitlines())
 
 
 def test_a_vm_job_runs_mpi_across_both_nodes_guests(torque, jobs):
@@ -102,23 +93,13 @@ def test_a_vm_job_runs_mpi_across_both_nodes_guests(torque, jobs):
     assert (ping[0], ping[1]) == (f"vt{num}-0", f"vt{num}-2")
     assert float(ping[2]) > 0 and float(ping[3]) > 0
     for node in torque.nodes:                       # both nodes started their guests
-        assert logged(torque, job_id, f'"node": "{node}"', '"phase": "ready"')
+        assert torque.logged(job_id, f'"node": "{node}"', '"phase": "ready"')
     torque.wait("nothing left", lambda: torque.leftovers(job_id) == [], timeout=60)
     assert torque.offline() == {}
     # The job's record says what it ran on (qstat -f comment, kept after completion).
     assert job["comment"].startswith("vtorque: image=testguest sha256="), job["comment"]
     trace = torque.tracejob(job_id)
     assert "Exit_status=3" in trace, trace
-
-
-def withdrawn_image(pool: str) -> str:
-    """A descriptor of testguest under another name (the same files), to withdraw."""
-    text = open(f"{pool}/testguest.yaml").read().replace("name: testguest",
-                                                         "name: vanishing")
-    descriptor = f"{pool}/vanishing.yaml"
-    with open(descriptor, "w") as handle:
-        handle.write(text)
-    return descriptor
 
 
 def test_an_image_withdrawn_after_submission_aborts_the_job(torque, jobs, test_pool):
@@ -135,7 +116,7 @@ def test_an_image_withdrawn_after_submission_aborts_the_job(torque, jobs, test_p
     torque.run("qrls", job_id)
     job = torque.wait_finished(job_id, timeout=180)
     assert job["exit_status"] == "-2", job               # Torque: the prologue aborted it
-    assert logged(torque, job_id, '"fault": "user"', "vanishing")
+    assert torque.logged(job_id, '"fault": "user"', "vanishing")
     # Torque returns no output files of an aborted job: the owner reads why in qstat -f.
     assert "refused" in job["comment"] and "vanishing" in job["comment"], job
     assert torque.offline() == {}
@@ -161,7 +142,7 @@ def test_a_job_without_vm_requests_runs_untouched(torque, jobs):
     job = torque.wait_finished(done, timeout=120)
     assert job["exit_status"] == "0", job
     # Only the shims' fast paths ran: no vtorque event for this job on any node.
-    assert not logged(torque, done)
+    assert not torque.logged(done)
 
 
 def test_an_unusable_config_aborts_vm_jobs_and_leaves_the_others(torque, jobs):
@@ -192,12 +173,12 @@ def test_qdel_while_the_guests_start_or_the_job_runs_leaves_nothing(torque, jobs
     jobs.append(job_id)
     if phase == "starting":
         torque.wait("the first guest starting",
-                    lambda: logged(torque, job_id, '"phase": "start"'), timeout=120,
+                    lambda: torque.logged(job_id, '"phase": "start"'), timeout=120,
                     poll=0.2)
     else:
         torque.wait("the job running in its guest", lambda: (
             (torque.job(job_id) or {}).get("job_state") == "R"
-            and logged(torque, job_id, '"phase": "decided"')), timeout=300)
+            and torque.logged(job_id, '"phase": "decided"')), timeout=300)
         assert_pbs_python_reads_what_qstat_reads(torque, job_id)
     torque.run("qdel", job_id)
     torque.wait_finished(job_id, timeout=300)
@@ -242,7 +223,7 @@ def test_a_node_fault_offlines_that_node_and_the_requeues_are_bounded(torque, jo
 def test_a_teardown_that_cannot_finish_takes_the_node_offline(torque, jobs):
     job_id = torque.submit(script=SLEEPER, name="vm-stuck")
     jobs.append(job_id)
-    torque.wait("the job running", lambda: logged(torque, job_id, '"phase": "decided"'),
+    torque.wait("the job running", lambda: torque.logged(job_id, '"phase": "decided"'),
                 timeout=300)
     node = torque.nodes[0]
     cfg = torque.config(node)
@@ -270,7 +251,7 @@ def test_the_reaper_keeps_a_running_jobs_guests_and_removes_an_unknown_jobs(torq
     from vtorque.request import parse_request
     running = torque.submit(script=SLEEPER, name="vm-kept")
     jobs += [running, "900.gone"]
-    torque.wait("the job running", lambda: logged(torque, running, '"phase": "decided"'),
+    torque.wait("the job running", lambda: torque.logged(running, '"phase": "decided"'),
                 timeout=300)
     node = torque.nodes[0]
     cfg = torque.config(node)
@@ -280,7 +261,7 @@ def test_the_reaper_keeps_a_running_jobs_guests_and_removes_an_unknown_jobs(torq
     assert verdicts["900.gone"] == "reaped", verdicts
     assert verdicts[running] == "kept", verdicts
     assert torque.leftovers("900.gone") == []
-    assert logged(torque, running, '"phase": "ready"')
+    assert torque.logged(running, '"phase": "ready"')
 
 
 def assert_pbs_python_reads_what_qstat_reads(torque, job_id: str) -> None:

@@ -215,12 +215,13 @@ def test_a_sisters_prologue_needs_no_vtorque(pbs, fake: Fake) -> None:
     assert event.accepted is True and fake.calls() == []
 
 
-@pytest.mark.parametrize("kind", ["begin", "prologue"])
+@pytest.mark.parametrize("kind", ["begin", "prologue", "launch"])
 def test_this_nodes_fault_takes_its_vnodes_offline(pbs, fake: Fake, kind: str) -> None:
     """vtorque's status plus OFFLINE (8): the event offlines this MoM's vnodes (no server
-    privileges needed); begin still accepts (it only reports), the prologue requeues."""
+    privileges needed); begin still accepts (it only reports), the prologue and launch
+    requeue."""
     from vtorque.hooks.openpbs import OFFLINE
-    fake.set(exit=OFFLINE + (2 if kind == "prologue" else 0),
+    fake.set(exit=OFFLINE + (0 if kind == "begin" else 2),
              stderr="vtorque: node node1 failed to start the job's guests: disk full\n")
     event = make_event(pbs, kind)
     run_hook(pbs, render(str(fake.path)), event)
@@ -723,13 +724,19 @@ def test_main_launch_prints_the_job_shell_for_a_vm_job(site: Site,
 
 
 def test_main_launch_failures(site: Site, capsys: pytest.CaptureFixture) -> None:
+    """This node cannot launch the job: offline it (+8) and rerun the job elsewhere, at
+    most batch.max_requeues times, then delete it (the real server reruns a job whose
+    launch hook rejects at once, without end)."""
     site.jobs({JOB: PBS_JOB})
-    assert site.main("launch", JOB, "alice", "ms") == 2             # no job shell
+    assert site.main("launch", JOB, "alice", "ms") == 2 + 8         # no job shell
     assert "not installed" in capsys.readouterr().err
     site.job_shell.write_text("#!/bin/sh\n")
     site.job_shell.chmod(0o755)
-    assert site.main("launch", JOB, "alice", "ms") == 2             # no guests here
+    assert site.main("launch", JOB, "alice", "ms") == 2 + 8         # no guests here
     assert "no guests on this node" in capsys.readouterr().err
+    site.jobs({JOB: dict(PBS_JOB, run_count=9)})
+    assert site.main("launch", JOB, "alice", "ms") == 1 + 8         # past the limit
+    assert "batch.max_requeues" in capsys.readouterr().err
     assert site.main("launch", JOB, "mallory", "ms") == 1
     assert capsys.readouterr().out == ""
 

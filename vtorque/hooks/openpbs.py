@@ -89,18 +89,27 @@ class OpenPBSHook(Hook):
         if not ctx.is_vm_job:
             return 0
         from vtorque.journal import JobPaths
+        from vtorque.node import node_name
         shell = config.batch.job_shell
-        if not (os.path.isfile(shell) and os.access(shell, os.X_OK)):
-            say(f"vtorque: job {inv.job_id}: the job shell {shell} is not installed on this "
-                f"node (config batch.job_shell in {config.path})")
-            return self.failure_status(LAUNCH)
         paths = JobPaths.for_job(inv.job_id, config.state_dir, config.ramdisk_dir)
-        if not os.path.isfile(os.path.join(paths.user_dir, "rank0")):
-            say(f"vtorque: job {inv.job_id}: no guests on this node ({paths.user_dir} has "
-                "no rank0); the prologue did not bring them up")
-            return self.failure_status(LAUNCH)
-        print(shell)
-        return 0
+        problem = None
+        if not (os.path.isfile(shell) and os.access(shell, os.X_OK)):
+            problem = (f"the job shell {shell} is not installed on this node (config "
+                       f"batch.job_shell in {config.path})")
+        elif not os.path.isfile(os.path.join(paths.user_dir, "rank0")):
+            problem = (f"no guests on this node ({paths.user_dir} has no rank0); the "
+                       "prologue did not bring them up")
+        if problem is None:
+            print(shell)
+            return 0
+        # This node cannot run the job: offline it and rerun the job elsewhere, within
+        # batch.max_requeues (the real server would rerun it at once, over and over).
+        name = node_name(config.node_name)
+        outcome = Outcome.node_fault(f"vtorque: node {name} cannot launch job "
+                                     f"{inv.job_id}: {problem}", name)
+        outcome = outcome.within_limit(ctx.run_count, config.batch.max_requeues)
+        say(outcome.message)
+        return self.exit_codes[outcome.action] | OFFLINE
 
 
 HOOK = OpenPBSHook()

@@ -8,9 +8,11 @@ Two steps, which a batch system may run in one event or in two:
     assemble   the mother superior, after its own provision: wait for every node, then
                write the owner's files (or roll back and say whose fault it was)
 
-Torque and Slurm run both in the mother superior's prologue; OpenPBS starts a sister's
-prologue only once the mother superior's has accepted, so there every node provisions in
-execjob_begin and the mother superior assembles in execjob_prologue.
+Torque: each sister provisions in its prologue.parallel, the mother superior runs both
+steps in its prologue. Slurm: every node's Prolog provisions, the first node's also
+assembles. OpenPBS starts a sister's prologue only once the mother superior's has
+accepted, so there every node provisions in execjob_begin and the mother superior
+assembles in execjob_prologue.
 
 Returns an Outcome (vtorque.outcome): the action, the message and whose fault a failure
 was; the scheduler's hook (vtorque.hooks) turns it into what its batch system understands
