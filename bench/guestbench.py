@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from vtorque import config as config_mod  # noqa: E402
+from vtorque.mpi.sshkeys import scope_for  # noqa: E402
 from vtorque.prologue.guests import bring_up, write_user_files  # noqa: E402
 from vtorque.request import parse_request  # noqa: E402
 from vtorque.vm import addresses, lifecycle  # noqa: E402
@@ -90,8 +92,10 @@ def guests(request: str, *, name: str, pool: tuple[int, int],
     config = config_mod.load(str(config_path))
     job = f"bench-{name}-{secrets.token_hex(4)}"
     try:
-        _, entries = bring_up(job, parse_request(request, config), config, user=USER)
-        user_dir = write_user_files(job, config, USER, entries)
+        keys = scope_for(job, USER, int(time.time()))
+        _, entries = bring_up(job, parse_request(request, config), config, user=USER,
+                              keys=keys)
+        user_dir = write_user_files(job, config, USER, entries, keys)
         os.chown(work, account.pw_uid, account.pw_gid)
         yield Guests(work, [g.hostname for g in entries], user_dir, account.pw_uid,
                      account.pw_gid)

@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
-"""The main demo: a one-machine Slurm cluster running an MPI job inside per-job VMs.
+"""The main demo: a one-machine cluster running an MPI job inside per-job VMs.
 
-Brings up munge, slurmctld and slurmd (scripts/slurm-cluster, loopback only, a private
-directory) with vtorque's Prolog and Epilog, libvirtd inside a private network namespace
-(scripts/netns-libvirtd), submits an MPI job with -vm requests through vsub as an ordinary
-user, follows it (provisioning, running, teardown), prints what its guests said and a
-summary, and checks that nothing is left. Everything it started is stopped at the end
-unless --keep is given. Run through scripts/demo, which installs what is needed first.
+    scripts/demo [--scheduler slurm|torque|openpbs] [--keep]
+
+Slurm (the default): munge, slurmctld and slurmd (scripts/slurm-cluster, loopback only, a
+private directory) with vtorque's Prolog and Epilog. Torque: pbs_server, pbs_sched,
+trqauthd and two moms built from source (scripts/torque-cluster), the hooks in every
+mom_priv. OpenPBS: PostgreSQL, the server, scheduler, pbs_comm and two MoMs built from
+source (scripts/openpbs-cluster), vtorque's hook imported with qmgr. libvirtd runs inside
+a private network namespace (scripts/netns-libvirtd). The demo submits an MPI job with
+-vm requests through vsub as an ordinary user, follows it with `vtorque status`
+(provisioning, running, teardown), prints what its guests said and a summary, and checks
+that nothing is left. Everything it started is stopped at the end unless --keep is given.
+Run through scripts/demo, which installs what is needed first.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_
 JOB = """#!/bin/sh
 #SBATCH -J vm-mpi-demo
 #SBATCH -o {out}
-#VSUB -vm img=testguest,vms_per_node=2,vcpus=1,ram=256M
+#VSUB -vm {request},vms_per_node=2
 # Everything below runs inside guest rank 0, as the job's owner.
 echo "job script on $(hostname) as $(id -un) (uid $(id -u)), kernel $(uname -r)"
 echo "guests of this job: $(sort -u "$PBS_NODEFILE" | tr '\\n' ' ')"
@@ -60,7 +66,8 @@ def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 
 class Demo:
-    def __init__(self) -> None:
+    def __init__(self, image: str = "testguest") -> None:
+        self.image = image
         self.slurm_env = {"PATH": "/usr/bin:/bin:/usr/sbin",
                           "SLURM_CONF": str(WORK / "slurm" / "slurm.conf")}
         self.started_libvirtd = False
@@ -82,12 +89,7 @@ class Demo:
                      check=False)
         self.started_libvirtd = status.returncode != 0
         run([str(REPO / "scripts/netns-libvirtd"), "start", "vtorque-dev"])
-        try:
-            pwd.getpwnam(USER)
-        except KeyError:
-            run(["useradd", "--create-home", "--uid", str(UID), "--user-group",
-                 "--shell", "/bin/sh", USER])
-            self.created_user = True
+        self.created_user = ensure_user()
         WORK.mkdir(mode=0o755, exist_ok=True)
         WORK.chmod(0o755)
         secret = WORK / "secret"
@@ -103,7 +105,7 @@ class Demo:
             "ramdisk_dir": "/dev/shm/vtorque-demo", "log_file": str(WORK / "vtorque.log"),
             "hypervisor": "qemu", "min_free_space": "256M", "secret_file": str(secret),
             "host_reserve": {"cores": 0, "memory": "512M"},
-            "defaults": {"img": "testguest", "ram": "256M"},
+            "defaults": {"img": self.image, "ram": "256M"},
             "network": {"mode": "network", "name": "vtorque", "pool_first": 20,
                         "pool_last": 59},
             "batch": {"system": "slurm", "bin_dir": "/usr/bin",
@@ -125,13 +127,13 @@ class Demo:
         out = work / "demo.out"
         out.unlink(missing_ok=True)
         script = work / "job.sh"
-        script.write_text(JOB.format(out=out))
+        script.write_text(JOB.format(out=out, request=vm_request(self.image)))
         os.chown(script, UID, UID)
         env = {**self.slurm_env, "HOME": f"/home/{USER}", "PYTHONPATH": str(REPO),
                "VTORQUE_CONFIG": str(config.path)}
         argv = [sys.executable, "-m", "vtorque.submit.vsub", str(script)]
         say(f"submitting as {USER}: vsub job.sh   (script has: #VSUB -vm "
-            "img=testguest,vms_per_node=2,vcpus=1,ram=256M)")
+            f"{vm_request(self.image)},vms_per_node=2)")
         submitted = time.monotonic()
         done = run(["setpriv", f"--reuid={UID}", f"--regid={UID}", "--init-groups", "--",
                     *argv], env=env, cwd=work, check=False)
@@ -149,12 +151,11 @@ class Demo:
             state = info.get("JobState", "?")
             with Host(config.libvirt_uri) as host:
                 guests = host.tagged_domains(job_id)
-            phase = {"PENDING": "queued", "CONFIGURING": "provisioning guests",
-                     "RUNNING": "running in guest rank 0",
-                     "COMPLETING": "tearing down"}.get(state, state.lower())
-            if state == "RUNNING" and not self.ready(job_id):
-                phase = "provisioning guests"
-            line = f"{phase} ({len(guests)} guest(s) up)"
+            view = owner_status(job_id, {**self.slurm_env,
+                                         "VTORQUE_CONFIG": str(config.path)})
+            phase = view.get("phase", "?")
+            line = f"{phase} ({len(guests)} guest(s) up)   (vtorque status: " \
+                   f"{view.get('detail') or phase})"
             if line != last:
                 say(f"job {job_id}: {line}")
                 phases.setdefault(phase, time.monotonic() - submitted)
@@ -170,9 +171,6 @@ class Demo:
         if not log.exists():
             return []
         return [ln for ln in log.read_text().splitlines() if f"job {job_id}:" in ln]
-
-    def ready(self, job_id: str) -> bool:
-        return any("ready on" in ln for ln in self.prolog_lines(job_id))
 
     def leftovers(self, job_id: str, config: config_mod.Config) -> list[str]:
         found = []
@@ -203,13 +201,195 @@ class Demo:
         say("stopped everything the demo started")
 
 
+PBS_JOB = """#!/bin/sh
+#PBS -N vm-mpi-demo
+{resources}
+#PBS -o {out}
+#PBS -j oe
+#PBS -vm {request}
+# Everything below runs inside guest rank 0, as the job's owner.
+echo "job script on $(hostname) as $(id -un) (uid $(id -u)), kernel $(uname -r)"
+echo "guests of this job: $(sort -u "$PBS_NODEFILE" | tr '\\n' ' ')"
+cd "$PBS_O_WORKDIR"
+mpirun -np 2 ./hello
+"""
+# What each guest gets: the test guest borrows the node's root; a cloud image boots its
+# own systemd and cloud-init, and wants more memory.
+GUEST = {"testguest": "vcpus=1,ram=256M"}
+CLOUD_GUEST = "vcpus=1,ram=768M"
+
+
+def vm_request(image: str) -> str:
+    return f"img={image},{GUEST.get(image, CLOUD_GUEST)}"
+
+
+RESOURCES = {"torque": "#PBS -l nodes=2:ppn=1",
+             "openpbs": "#PBS -l select=2:ncpus=1\n#PBS -l place=scatter"}
+
+
+class PbsDemo:
+    """Torque or OpenPBS built from source, two nodes on this machine, one guest each."""
+
+    def __init__(self, scheduler: str, image: str = "testguest") -> None:
+        from tests.e2e import real_batch
+        self.scheduler = scheduler
+        self.image = image
+        self.kind = (real_batch.TorqueCluster if scheduler == "torque"
+                     else real_batch.OpenPBSCluster)
+        self.started_libvirtd = False
+        self.started_cluster = False
+        self.created_user = False
+        self.cluster = None
+
+    def setup(self) -> None:
+        status = run([str(REPO / "scripts/netns-libvirtd"), "status", "vtorque-dev"],
+                     check=False)
+        self.started_libvirtd = status.returncode != 0
+        run([str(REPO / "scripts/netns-libvirtd"), "start", "vtorque-dev"])
+        self.created_user = ensure_user()
+        running = run([str(self.kind.script), "status"], check=False)
+        self.started_cluster = running.returncode != 0
+        say(f"starting {self.scheduler} from its cached build (the first run builds it)")
+        root = WORK / self.scheduler
+        shutil.rmtree(root, ignore_errors=True)
+        self.cluster = self.kind.start(root, POOL)
+        mpicc = shutil.which("mpicc") or "/usr/bin/mpicc"
+        hello = self.cluster.workdir / "hello"
+        run([mpicc, "-o", str(hello), str(REPO / "tests/mpi/hello.c")])
+        os.chown(hello, UID, UID)
+
+    def submit(self) -> tuple[str, Path, float]:
+        out = self.cluster.workdir / "demo.out"
+        out.unlink(missing_ok=True)
+        script = PBS_JOB.format(resources=RESOURCES[self.scheduler], out=out,
+                                request=vm_request(self.image))
+        say(f"submitting as {USER}: vsub job.sh   (script has: #PBS -vm "
+            f"{vm_request(self.image)}; one guest on each of two nodes)")
+        submitted = time.monotonic()
+        done = self.cluster.vsub(script=script, name="job.sh")
+        if done.returncode != 0:
+            raise SystemExit(f"vsub failed: {done.stderr.strip()}")
+        print(done.stdout.strip())
+        return done.stdout.strip(), out, submitted
+
+    def follow(self, job_id: str) -> dict:
+        phases: dict[str, float] = {}
+        last = ""
+        started = time.monotonic()
+        deadline = started + 600
+        while time.monotonic() < deadline:
+            job = self.cluster.job(job_id) or {}
+            view = owner_status(job_id, self.cluster.user_env())
+            line = view.get("phase", "?")
+            if view.get("detail"):
+                line += f": {view['detail']}"
+            if line != last:
+                say(f"job {job_id}: {line}   (vtorque status)")
+                phases.setdefault(view.get("phase", "?"), time.monotonic() - started)
+                last = line
+            if job and self.cluster.finished(job):
+                job["_phases"] = phases
+                return job
+            time.sleep(1.0)
+        raise SystemExit(f"job {job_id} did not finish in 10 minutes")
+
+    def stop(self, keep: bool) -> None:
+        if keep:
+            say(f"--keep: {self.scheduler} and libvirtd stay up")
+            return
+        if self.started_cluster:
+            run([str(self.kind.script), "stop"], check=False)
+        shutil.rmtree(WORK / self.scheduler, ignore_errors=True)
+        if self.started_libvirtd:
+            run([str(REPO / "scripts/netns-libvirtd"), "stop", "vtorque-dev"], check=False)
+        if self.created_user:
+            run(["userdel", "--remove", USER], check=False)
+        say("stopped everything the demo started")
+
+
+def owner_status(job_id: str, env: dict) -> dict:
+    """`vtorque status JOB --json` as the job's owner, as a user would watch the job."""
+    import json
+    done = run(["setpriv", f"--reuid={UID}", f"--regid={UID}", "--init-groups", "--",
+                sys.executable, "-m", "vtorque", "status", job_id, "--json"],
+               env={**env, "HOME": f"/home/{USER}", "PYTHONPATH": str(REPO)}, check=False,
+               cwd="/")
+    try:
+        return json.loads(done.stdout)
+    except ValueError:
+        return {"phase": "unknown", "detail": done.stderr.strip()}
+
+
+def ensure_user() -> bool:
+    """The ordinary user who submits; True when the demo created it."""
+    try:
+        pwd.getpwnam(USER)
+        return False
+    except KeyError:
+        run(["useradd", "--create-home", "--uid", str(UID), "--user-group", "--shell",
+             "/bin/sh", USER])
+        return True
+
+
+def pbs_main(scheduler: str, image: str, keep: bool) -> int:
+    demo = PbsDemo(scheduler, image)
+    ok = False
+    try:
+        say(f"starting libvirtd (private network namespace) and a two-node {scheduler} "
+            "cluster")
+        demo.setup()
+        job_id, out, _ = demo.submit()
+        job = demo.follow(job_id)
+        status = job.get("exit_status", job.get("Exit_status"))
+        say(f"job {job_id} finished, exit status {status}")
+        cluster = demo.cluster
+        cluster.wait("the output file", lambda: out.exists(), timeout=60)
+        print("----- job output (from inside the guests) -----")
+        print(out.read_text(), end="")
+        print("-----------------------------------------------")
+        hosts = sorted(set(re.findall(r"host=(\S+)", out.read_text())))
+        say("summary:")
+        print(f"  nodes: {', '.join(cluster.nodes)}   guests: {len(hosts)} answered MPI "
+              f"({', '.join(hosts)})")
+        for phase, seconds in job["_phases"].items():
+            print(f"  {seconds:6.1f} s after submission: {phase}")
+        for node in cluster.nodes:
+            for line in cluster.node_log(node).splitlines():
+                if f"job {job_id}:" in line and "ready on" in line:
+                    print("  node log: " + line.split(" INFO ", 1)[-1])
+        deadline = time.monotonic() + 120
+        left = cluster.leftovers(job_id)
+        while left and time.monotonic() < deadline:
+            time.sleep(0.5)
+            left = cluster.leftovers(job_id)
+        if left:
+            say("LEFT BEHIND: " + ", ".join(left))
+        else:
+            say("nothing left on any node: no guest, no job file, no key, no address block")
+        ok = str(status) == "0" and len(hosts) == 2 and not left
+    finally:
+        demo.stop(keep)
+    say("demo ok" if ok else "demo FAILED")
+    return 0 if ok else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scheduler", choices=("slurm", "torque", "openpbs"),
+                        default="slurm", help="the batch system to run the job through")
+    parser.add_argument("--image", default="testguest",
+                        help="the guests' image in the test pool: testguest (the default) "
+                             "or debian12, the Debian 12 cloud image scripts/setup builds")
     parser.add_argument("--keep", action="store_true", help="leave the cluster running")
     args = parser.parse_args()
     if os.geteuid() != 0:
-        raise SystemExit("demo: run as root (it starts libvirtd and Slurm)")
-    demo = Demo()
+        raise SystemExit("demo: run as root (it starts libvirtd and the batch system)")
+    if not (Path(POOL) / f"{args.image}.yaml").is_file():
+        raise SystemExit(f"demo: no image {args.image!r} in {POOL} (scripts/setup builds "
+                         "testguest and debian12)")
+    if args.scheduler != "slurm":
+        return pbs_main(args.scheduler, args.image, args.keep)
+    demo = Demo(args.image)
     ok = False
     try:
         say("starting libvirtd (private network namespace) and a one-node Slurm cluster")

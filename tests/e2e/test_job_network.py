@@ -8,11 +8,13 @@ from __future__ import annotations
 import pwd
 import shutil
 import subprocess
+import time
 
 import pytest
 
 from tests.e2e.accounts import JOB_USER
 from tests.e2e.conftest import NETNS
+from vtorque.mpi.sshkeys import scope_for
 from vtorque.prologue.guests import bring_up, write_user_files
 from vtorque.request import parse_request
 from vtorque.vm import addresses, lifecycle
@@ -50,9 +52,13 @@ def can_connect(address: str) -> str:
 def test_jobs_on_one_network_are_isolated(net_node):
     cfg = net_node.config
     net_node.jobs.update({"301", "302"})
-    _, job_a = bring_up("301", parse_request("vms_per_node=2", cfg), cfg, user=JOB_USER)
-    _, job_b = bring_up("302", parse_request("vms_per_node=1", cfg), cfg, user=JOB_USER)
-    user_dir = write_user_files("301", cfg, JOB_USER, job_a)
+    now = int(time.time())
+    keys_a, keys_b = scope_for("301", JOB_USER, now), scope_for("302", JOB_USER, now)
+    _, job_a = bring_up("301", parse_request("vms_per_node=2", cfg), cfg, user=JOB_USER,
+                        keys=keys_a)
+    _, job_b = bring_up("302", parse_request("vms_per_node=1", cfg), cfg, user=JOB_USER,
+                        keys=keys_b)
+    user_dir = write_user_files("301", cfg, JOB_USER, job_a, keys_a)
     a0, a1, b0 = job_a[0], job_a[1], job_b[0]
     probe = " ; ".join([f"getent hosts {a1.hostname}", can_connect(a1.address),
                         can_connect(b0.address)])

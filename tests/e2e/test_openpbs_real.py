@@ -124,14 +124,36 @@ def test_a_job_without_vm_requests_runs_untouched(openpbs, jobs):
     assert not openpbs.logged(job_id)      # the hook skipped vtorque for it everywhere
 
 
-def test_qdel_of_a_running_vm_job_leaves_nothing(openpbs, jobs):
-    job_id = submit(openpbs, SLEEPER, "vm-del")
+def test_resources_altered_with_qalter_are_checked_again(openpbs, jobs):
+    """OpenPBS's qalter cannot touch the request (no -v: the job's Variable_List is fixed
+    at submission), but it can shrink what vsub asked for the guests: each node then
+    finds its guests beyond what the job was allocated there, the user's error."""
+    job_id = submit(openpbs, SLEEPER, "vm-alter", "-h")
     jobs.append(job_id)
-    # Running in its guest: the primary's prologue accepted, its note in the job's log.
-    openpbs.wait("the job running in its guest", lambda: (
-        (openpbs.job(job_id) or {}).get("job_state") == "R"
-        and f"{job_id};vtorque: image=testguest" in openpbs.mom_log(openpbs.nodes[0])),
-        timeout=300)
+    openpbs.run("qalter", "-l", "select=2:ncpus=1:mem=100mb", job_id)
+    openpbs.run("qrls", job_id)
+    job = openpbs.wait_finished(job_id, timeout=240)
+    assert job["Exit_status"] == -17, job
+    assert f"{job_id};vtorque: job {job_id} refused" in openpbs.mom_log(openpbs.nodes[0])
+    assert openpbs.logged(job_id, '"fault": "user"', "allocated")
+    assert openpbs.offline() == {}
+    openpbs.wait("nothing left", lambda: openpbs.leftovers(job_id) == [], timeout=60)
+
+
+@pytest.mark.parametrize("phase", ["starting", "running"])
+def test_qdel_while_the_guests_start_or_the_job_runs_leaves_nothing(openpbs, jobs, phase):
+    job_id = submit(openpbs, SLEEPER, f"vm-del-{phase}")
+    jobs.append(job_id)
+    if phase == "starting":
+        openpbs.wait("the first guest starting",
+                     lambda: openpbs.logged(job_id, '"phase": "start"'), timeout=120,
+                     poll=0.2)
+    else:
+        # Running in its guest: the primary's prologue accepted, its note in the log.
+        openpbs.wait("the job running in its guest", lambda: (
+            (openpbs.job(job_id) or {}).get("job_state") == "R"
+            and f"{job_id};vtorque: image=testguest" in openpbs.mom_log(openpbs.nodes[0])),
+            timeout=300)
     openpbs.run("qdel", job_id)
     openpbs.wait_finished(job_id, timeout=300)
     openpbs.wait("nothing left", lambda: openpbs.leftovers(job_id) == [], timeout=180)
