@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -280,3 +281,39 @@ def test_guest_that_never_answers_requeues_held_and_leaves_nothing(slurm_vm):
     with requeued_held(slurm_vm, impatient) as (job, info):
         assert "did not answer within 1 s" in info["_raw"]
         slurm_vm.wait("nothing left", lambda: slurm_vm.leftovers(job) == [], timeout=60)
+
+
+def cpu_ids(text: str) -> set[int]:
+    """`0-1,3` -> {0, 1, 3}."""
+    found: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        found.update(range(int(low), int(high or low) + 1))
+    return found
+
+
+def test_pinned_vcpus_use_only_the_cores_slurm_gave_the_job(slurm_vm):
+    """Another job holds a core of the node first: the VM job's pinned vCPU goes to the
+    core Slurm gave it, never to the other job's."""
+    other = slurm_vm.slurm("sbatch", "--parsable", "-n", "1", "--mem=64M", "--wrap",
+                           "sleep 120").stdout.strip()
+    slurm_vm.wait("the other job running",
+                  lambda: slurm_vm.job(other)["JobState"] == "RUNNING", timeout=60)
+    job = submitted_id(slurm_vm.vsub("#!/bin/sh\nsleep 60\n", "-vm",
+                                     "img=testguest,vcpus=1,vcpu_pinning=yes"))
+    try:
+        with Host("qemu:///system") as host:
+            [domain] = slurm_vm.wait("the guest running",
+                                     lambda: host.tagged_domains(job), timeout=120)
+        xml = subprocess.run(["virsh", "-c", "qemu:///system", "dumpxml", domain.name],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+        pins = [cpu_ids(p.get("cpuset")) for p in ET.fromstring(xml).iter("vcpupin")]
+        detail = slurm_vm.slurm("scontrol", "show", "job", "-dd", job).stdout
+        [allocated] = [w.split("=", 1)[1] for w in detail.split() if w.startswith("CPU_IDs=")]
+        held = slurm_vm.slurm("scontrol", "show", "job", "-dd", other).stdout
+        [theirs] = [w.split("=", 1)[1] for w in held.split() if w.startswith("CPU_IDs=")]
+        assert pins and all(p <= cpu_ids(allocated) for p in pins), (pins, allocated)
+        assert not any(p & cpu_ids(theirs) for p in pins), (pins, theirs)
+    finally:
+        slurm_vm.slurm("scancel", job, other, check=False)
+    slurm_vm.wait("nothing left", lambda: slurm_vm.leftovers(job) == [], timeout=120)

@@ -41,7 +41,7 @@ class Guests:
                             real_scope(job_id, user, created, 1001 if uid is None else uid))
 
     def bring_up(self, job_id, request, config, *, user, node_index=0, node_count=1,
-                 node=None, run=0, workdir=None, keys=None):
+                 node=None, run=0, workdir=None, keys=None, job_cores=None):
         self.calls.append({"job": job_id, "user": user, "index": node_index,
                            "count": node_count, "node": node, "workdir": workdir,
                            "keys": keys})

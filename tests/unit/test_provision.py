@@ -56,7 +56,8 @@ class Recorder:
 
     def bring_up(self, job_id: str, request: Any, config: Any, *, user: str | None,
                  node_index: int = 0, node_count: int = 1, node: str | None = None,
-                 run: int = 0, workdir: str | None = None, keys: Any = None) -> Any:
+                 run: int = 0, workdir: str | None = None, keys: Any = None,
+                 job_cores: Any = None) -> Any:
         self.up_calls.append({"job": job_id, "request": request, "user": user,
                               "index": node_index, "count": node_count,
                               "workdir": workdir, "keys": keys})
@@ -437,3 +438,50 @@ def test_a_job_without_vms_is_never_marked(config: Any, fake: Recorder) -> None:
             assert provision.start(context(vm=vm), config, mother_superior=ms).action == RUN
     assert not markers.marked(config, JOB) and markers.jobs(config) == []
     assert _made(config) == []
+
+
+# --- pinning to the job's own cores --------------------------------------------------------
+
+class _PinCtx:
+    """The two things provision.pinning reads of a JobContext."""
+
+    def __init__(self, allocation):
+        self.job_id, self.scheduler, self.nodes = "77", "slurm", ["n1", "n2"]
+        self._allocation = allocation
+
+    def allocation(self, name):
+        return self._allocation
+
+
+def test_pinned_guests_get_the_cores_the_batch_system_gave_the_job(cfg) -> None:
+    from vtorque.batch.allocation import NodeAllocation
+    from vtorque.prologue.provision import pinning
+    from vtorque.request import parse_request
+    request = parse_request("vcpus=2,vms_per_node=1,vcpu_pinning=yes", cfg)
+    ctx = _PinCtx(NodeAllocation(cpus=3, cores=(9, 4, 6), cores_from="CPU_IDs"))
+    assert pinning(ctx, cfg, request, 0) == (request, (4, 6))
+
+
+def test_pinning_without_the_jobs_core_ids_runs_unpinned(cfg, caplog) -> None:
+    """A record that names no cores (OpenPBS without a cgroup hook): no guess that could
+    land on another job's cores."""
+    from vtorque.batch.allocation import NodeAllocation
+    from vtorque.prologue.provision import pinning
+    from vtorque.request import parse_request
+    request = parse_request("vcpus=2,vcpu_pinning=yes", cfg)
+    pinned, cores = pinning(_PinCtx(NodeAllocation(cpus=2)), cfg, request, 1)
+    assert (pinned.vcpu_pinning, cores) == (False, None)
+    unasked = parse_request("vcpus=2,vcpu_pinning=no", cfg)
+    assert pinning(_PinCtx(NodeAllocation(cpus=2, cores=(0, 1))), cfg, unasked, 0) == \
+        (unasked, None)
+
+
+def test_pinning_more_vcpus_than_the_jobs_cores_is_the_users_error(cfg) -> None:
+    from vtorque.batch.allocation import NodeAllocation
+    from vtorque.errors import RequestError
+    from vtorque.prologue.provision import pinning
+    from vtorque.request import parse_request
+    request = parse_request("vcpus=2,vms_per_node=2,vcpu_pinning=yes", cfg)
+    with pytest.raises(RequestError, match="need 4 cores on node n1, but the batch "
+                                           "system gave this job 2 there"):
+        pinning(_PinCtx(NodeAllocation(cpus=2, cores=(0, 1))), cfg, request, 0)

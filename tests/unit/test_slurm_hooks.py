@@ -89,7 +89,7 @@ def fake_bring_up(monkeypatch: pytest.MonkeyPatch, error: Exception | None = Non
     seen: list = []
 
     def bring_up(job_id, request, config, *, user, node_index=0, node_count=1, node=None,
-                 run=0, workdir=None, keys=None):
+                 run=0, workdir=None, keys=None, job_cores=None):
         seen.append((job_id, user, node_index, node_count))
         if error is not None:
             raise error

@@ -233,6 +233,15 @@ def test_pinned_cores_respects_the_reserve(make_config) -> None:
     assert pinned_cores(cfg, request, 2) == (10, 11, 12)
 
 
+def test_pinned_guests_take_only_the_jobs_cores(make_config) -> None:
+    """The cores the batch system gave the job, in order: never the reserve's rule,
+    never a core outside the job's."""
+    cfg = make_config({"host_reserve": {"cores": 1}})
+    request = parse_request("vcpus=2,vms_per_node=2,vcpu_pinning=yes", cfg)
+    cores = (5, 7, 12, 13)
+    assert [pinned_cores(cfg, request, i, cores) for i in (0, 1)] == [(5, 7), (12, 13)]
+
+
 def test_one_token_per_guest_is_required(make_config, fixed) -> None:
     cfg = make_config()
     with pytest.raises(ValueError, match="one ready token per guest"):

@@ -45,7 +45,7 @@ class Guests:
                             real_scope(job_id, user, created, 1001 if uid is None else uid))
 
     def bring_up(self, job_id, request, config, *, user, node_index=0, node_count=1,
-                 node=None, run=0, workdir=None, keys=None):
+                 node=None, run=0, workdir=None, keys=None, job_cores=None):
         self.calls.append({"node": node, "marked": markers.marked(config, job_id),
                            "vcpus": request.vcpus, "ram": request.ram_mib})
         guest = SimpleNamespace(rank=node_index, name=f"vt-{node_index}",

@@ -50,12 +50,14 @@ def job_shares(config: Config, user: str, workdir: str | None) -> tuple[ShareSpe
 def bring_up(job_id: str, request: VmRequest, config: Config, *, user: str | None,
              node_index: int = 0, node_count: int = 1, node: str | None = None,
              run: int = 0, workdir: str | None = None,
-             keys: sshkeys.KeyScope | None = None
+             keys: sshkeys.KeyScope | None = None,
+             job_cores: tuple[int, ...] | None = None
              ) -> tuple[lifecycle.UpResult, list[hostfile.GuestEntry]]:
     """Start this node's guests of the job, each knowing the whole job: addresses, hosts,
     hostfiles and (when `user` is given) the job's SSH trust (`keys`: the one job the keys
     belong to), QEMU under the owner's identity and the job's shares (`workdir`: the job's
-    working directory).
+    working directory); pinned guests use only `job_cores` when given (the cores the
+    batch system gave the job here).
 
     Order matters: everything that can refuse the request is checked before the job's
     job-wide pieces are taken (a refused request holds no addresses), and this node
@@ -98,7 +100,8 @@ def bring_up(job_id: str, request: VmRequest, config: Config, *, user: str | Non
     try:
         result = lifecycle.start(plan, config, first_rank=node_index * request.vms_per_node,
                                  addresses=block, extras=extras, rdma=rdma,
-                                 functions=functions, owner=owner, shares=job_dirs)
+                                 functions=functions, owner=owner, shares=job_dirs,
+                                 job_cores=job_cores)
     except BaseException:
         if functions:
             from vtorque.epilogue.teardown import release_functions

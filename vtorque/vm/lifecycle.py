@@ -158,13 +158,15 @@ def start(plan: Plan, config: Config, *, first_rank: int = 0,
        extras: Callable[[GuestSpec], SeedExtras] | None = None,
        rdma: str | None = None, functions: dict[int, str] | None = None,
        owner: identity.Identity | None = None,
-       shares: tuple[ShareSpec, ...] = ()) -> UpResult:
+       shares: tuple[ShareSpec, ...] = (),
+       job_cores: tuple[int, ...] | None = None) -> UpResult:
     """Start this node's guests of the checked plan and wait until all answer.
 
     `rdma` is the transport decided for the job here; `functions` maps a guest rank to
     the PCI address of the virtual function it gets (assigned by the caller). With
     `owner`, QEMU runs under the job owner's identity and the guests mount `shares`;
-    without, as qemu_user/qemu_group with no shares."""
+    without, as qemu_user/qemu_group with no shares. `job_cores`: the host cores the
+    batch system gave the job here (pinned guests use only those)."""
     started = time.monotonic()
     job_id, request, image = plan.job_id, plan.request, plan.image
     paths = paths_for(job_id, config)
@@ -189,7 +191,8 @@ def start(plan: Plan, config: Config, *, first_rank: int = 0,
                                           addresses=addresses, node=_node(config),
                                           rdma=rdma, functions=functions or {},
                                           shares=shares,
-                                          owner=(qemu.uid, qemu.gid) if owner else None)
+                                          owner=(qemu.uid, qemu.gid) if owner else None,
+                                          job_cores=job_cores)
                 return _provision(paths, specs, host, config, started, extras,
                                   (request.vm_prologue, request.vm_epilogue), image)
             except BaseException as exc:

@@ -143,11 +143,17 @@ def domain_name(paths: JobPaths, rank: int) -> str:
     return f"vtorque-{paths.key}-{rank}"
 
 
-def pinned_cores(config: Config, request: VmRequest, local_index: int) -> tuple[int, ...]:
-    """Host cores for guest `local_index` when pinning is asked: guests take consecutive
-    cores after those reserved for the host (assumes the job has the node to itself)."""
+def pinned_cores(config: Config, request: VmRequest, local_index: int,
+                 job_cores: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """Host cores for guest `local_index` when pinning is asked. `job_cores`: the cores
+    the batch system gave the job on this node (the caller checked there are enough):
+    guests take them in order, never a core of another job. Without (a guest started by
+    hand, no batch allocation): consecutive cores after those reserved for the host."""
     if not request.vcpu_pinning:
         return ()
+    if job_cores is not None:
+        return tuple(job_cores[local_index * request.vcpus:
+                               (local_index + 1) * request.vcpus])
     first = config.host_reserve.cores + local_index * request.vcpus
     return tuple(range(first, first + request.vcpus))
 
@@ -182,12 +188,14 @@ def build_guest_specs(*, paths: JobPaths, request: VmRequest, image: Image, conf
                       node: str = "", rdma: str | None = None,
                       functions: dict[int, str] | None = None,
                       shares: tuple[ShareSpec, ...] = (),
-                      owner: tuple[int, int] | None = None) -> list[GuestSpec]:
+                      owner: tuple[int, int] | None = None,
+                      job_cores: tuple[int, ...] | None = None) -> list[GuestSpec]:
     """Specs for the `request.vms_per_node` guests of this node, ranks from `first_rank`.
 
     `rdma` is the job's transport here; `functions` maps a rank to the PCI address of the
     virtual function it gets (SR-IOV); `shares` are the job's host directories (every
-    guest mounts them); `owner` the job owner's (uid, gid)."""
+    guest mounts them); `owner` the job owner's (uid, gid); `job_cores` the host cores the
+    batch system gave the job here, for pinning."""
     functions = functions or {}
     if len(tokens) != request.vms_per_node:
         raise ValueError("one ready token per guest is needed")
@@ -242,7 +250,7 @@ def build_guest_specs(*, paths: JobPaths, request: VmRequest, image: Image, conf
             machine="q35" if hostdevs else (kind.machine or config.machine_type),
             cpu_mode="host-passthrough" if domain_type == "kvm" else None,
             vcpus=request.vcpus, memory_mib=request.ram_mib,
-            cpuset=pinned_cores(config, request, index),
+            cpuset=pinned_cores(config, request, index, job_cores),
             kernel=image.kernel.path if image.kernel else None,
             initrd=image.initrd.path if image.initrd else None,
             cmdline=cmdline, overlay=overlay,
