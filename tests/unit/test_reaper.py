@@ -243,3 +243,11 @@ def test_local_jobs_reads_journals(config: Any, monkeypatch: pytest.MonkeyPatch)
         Journal(p.journal).record("job-start", job_id=job)
     os.makedirs(os.path.join(config.state_dir, "empty-0000000000"))
     assert reaper.local_jobs(config) == {"40.h", "41[2].h"}
+    # A mark alone (a teardown that did not complete) is a job of this node too: the
+    # reaper asks about it, and cleaning it removes the mark.
+    from vtorque import markers
+    markers.mark(config, "42.h")
+    assert reaper.local_jobs(config) == {"40.h", "41[2].h", "42.h"}
+    teardown.clean_node("42.h", config)
+    assert not markers.marked(config, "42.h")
+    assert reaper.local_jobs(config) == {"40.h", "41[2].h"}

@@ -23,7 +23,7 @@ import os
 import sys
 
 from vtorque import config as config_mod
-from vtorque.errors import ConfigError, VtorqueError
+from vtorque.errors import ConfigError, NodeError, VtorqueError
 
 
 def _load(args) -> config_mod.Config:
@@ -60,6 +60,13 @@ def cmd_vm_up(args) -> int:
             import time
             from vtorque.mpi.sshkeys import scope_for
             keys = scope_for(args.job, args.user, int(time.time()))
+        # Marked like a batch job's guests: an epilogue of that id must not skip them.
+        from vtorque import markers
+        try:
+            markers.mark(cfg, args.job)
+        except OSError as exc:
+            raise NodeError(f"cannot mark job {args.job} on this node: "
+                            f"{exc.strerror or exc}") from None
         result, _ = bring_up(args.job, request, cfg, user=args.user, keys=keys)
     except VtorqueError as exc:
         try:        # give back what this call took (the address block above all)

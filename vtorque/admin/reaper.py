@@ -46,11 +46,13 @@ class Verdict:
 
 
 def local_jobs(config: Config) -> set[str]:
-    """Job ids this node holds domains, journals or virtual functions of."""
+    """Job ids this node holds domains, journals, virtual functions or epilogue marks of
+    (a mark alone: a teardown that did not complete)."""
+    from vtorque import markers
     from vtorque.ibverbs import pool
     from vtorque.node import node_name
     from vtorque.vm.host import Host
-    jobs: set[str] = set()
+    jobs: set[str] = set(markers.jobs(config))
     with Host(config.libvirt_uri) as host:
         jobs.update(d.job_id for d in host.tagged_domains(node=node_name(config.node_name)))
     jobs.update(pool.assigned_jobs(config))
