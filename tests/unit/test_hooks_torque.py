@@ -138,3 +138,29 @@ def test_module_runs_a_hook(site: Site) -> None:
                           capture_output=True, text=True, timeout=60, env={"PATH": "/bin"})
     assert done.returncode == 1 and "file not found" in done.stderr
 
+
+
+def broken(site: Site, *names: str) -> None:
+    """The node's batch commands fail as they do when they cannot reach the server."""
+    for name in names:
+        path = site.bin_dir / name
+        path.unlink()
+        path.write_text(f"#!/bin/sh\necho '{name}: cannot connect to server head' >&2\n"
+                        "exit 1\n")
+        path.chmod(0o755)
+
+
+@pytest.mark.parametrize("offline_works, status", [(True, 2), (False, 1)])
+def test_a_job_that_cannot_be_read_is_never_requeued_without_bound(
+        site: Site, no_libvirt: None, capsys: pytest.CaptureFixture,
+        offline_works: bool, status: int) -> None:
+    """The mother superior cannot read the job (its starts cannot be counted): with this
+    node taken offline the server starts it elsewhere (2, requeue); when the node cannot
+    be taken offline either, the real server would start it here again at once, without
+    end (about twice a second): abort (1)."""
+    site.jobs({JOB: job()})
+    broken(site, "qstat", *(() if offline_works else ("pbsnodes",)))
+    assert site.hook("prologue", *ARGS) == status
+    err = capsys.readouterr().err
+    assert "cannot read job" in err
+    assert ("aborted rather than requeued" in err) == (not offline_works)

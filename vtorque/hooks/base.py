@@ -76,6 +76,9 @@ class Hook(ABC):
     scheduler: str = ""
     events: Mapping[str, str] = {}                 # event name -> START/LAUNCH/END/IGNORE
     exit_codes: Mapping[str, int] = {RUN: 0, ABORT: 1, REQUEUE: 2}
+    # Whether the batch system requeues a job whose prologue asks for it again and again
+    # with no bound of its own (Torque: about twice a second, without a hold).
+    requeues_without_bound = False
     end_failure = 1                                # teardown incomplete
     end_offlined = 1           # teardown incomplete, and this node took itself offline
 
@@ -110,11 +113,19 @@ class Hook(ABC):
         service (with the reason as the note), then the exit status; an event that only
         reports accepts."""
         say(outcome.message)
-        if outcome.fault == THIS_NODE:
-            self.offline_here(outcome, config, adapter)
+        offlined = self.offline_here(outcome, config, adapter) \
+            if outcome.fault == THIS_NODE else True
         if not inv.decides:
             return 0
         self.note_job(outcome.record, inv, config, adapter)
+        if (outcome.action == REQUEUE and ctx is None and not offlined
+                and self.requeues_without_bound):
+            # The job could not be read (its starts cannot be counted) and this node
+            # stays in service: the server would start it here again at once, without
+            # end. Abort instead.
+            say(f"vtorque: job {inv.job_id}: aborted rather than requeued: its starts "
+                "cannot be counted and this node could not be taken offline")
+            return self.exit_codes[ABORT]
         return self.exit_codes[outcome.action]
 
     def note_job(self, text: str, inv: Invocation, config, adapter) -> None:

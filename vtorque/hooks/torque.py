@@ -37,6 +37,8 @@ class TorqueHook(Hook):
     # own, which replaces vtorque's note and needs `momctl -q clearmsg` besides
     # `pbsnodes -c` (down_on_error). A node vtorque took offline with its note exits 0.
     end_offlined = 0
+    # The real server requeues a prologue's exit 2 forever, without a hold.
+    requeues_without_bound = True
 
     def unknown_event_kind(self, event: str) -> str:
         return START if event.startswith("prologue") else END
