@@ -66,6 +66,7 @@ class RealCluster:
     """What both real servers have in common for the tests."""
 
     scheduler = ""
+    script: Path           # scripts/torque-cluster or scripts/openpbs-cluster
 
     def __init__(self, root: Path, pool: str, nodes: list[str], bin_dir: str, env: dict):
         self.root = root
@@ -98,6 +99,26 @@ class RealCluster:
     def job_shell_of(self, node: str) -> Path:
         """The job shell a node's config names (batch.job_shell)."""
         return self.job_shell
+
+    @classmethod
+    def start_daemons(cls) -> dict[str, str]:
+        """The cluster script's `start` (building first on a fresh machine): the
+        environment it prints, NAME=VALUE per line."""
+        first = subprocess.run([str(cls.script), "start"], capture_output=True, text=True,
+                               timeout=3600)
+        assert first.returncode == 0, first.stderr
+        return dict(line.split("=", 1) for line in first.stdout.splitlines() if "=" in line)
+
+    def install_hooks(self) -> None:
+        """vtorque's hooks and job shells on every node, through the cluster script (which
+        runs the real installers): one config path naming the node, which each node's
+        hook fills in with its own name."""
+        hooks = subprocess.run([str(self.script), "start", "--vtorque-config",
+                                str(self.root / "{node}" / "vtorque.yaml"),
+                                "--vtorque-python", PYTHON,
+                                "--job-shell", str(self.root / "{node}" / "job-shell")],
+                               capture_output=True, text=True, timeout=600)
+        assert hooks.returncode == 0, hooks.stderr
 
     def config_path(self, node: str) -> Path:
         return self.root / node / "vtorque.yaml"
@@ -215,22 +236,14 @@ class TorqueCluster(RealCluster):
     @classmethod
     def start(cls, root: Path, pool: str, **overrides) -> TorqueCluster:
         """The cluster (reused when it runs), then every node's config and hooks."""
-        first = subprocess.run([str(cls.script), "start"], capture_output=True, text=True,
-                               timeout=1800)
-        assert first.returncode == 0, first.stderr
-        env = dict(line.split("=", 1) for line in first.stdout.splitlines() if "=" in line)
+        env = cls.start_daemons()
         home = Path(env["TORQUE_HOME"])
         nodes = json.loads((home / "torque-cluster.json").read_text())["nodes"]
         bin_dir = env["PATH"].split(":", 1)[0]
         cluster = cls(root, pool, nodes, bin_dir, env)
         cluster.home = home
         cluster.write_configs(**overrides)
-        template = str(root / "{node}" / "vtorque.yaml")
-        hooks = subprocess.run([str(cls.script), "start", "--vtorque-config", template,
-                                "--vtorque-python", PYTHON,
-                                "--job-shell", str(root / "{node}" / "job-shell")],
-                               capture_output=True, text=True, timeout=600)
-        assert hooks.returncode == 0, hooks.stderr
+        cluster.install_hooks()
         cluster.write_dispatcher()
         return cluster
 
@@ -303,21 +316,11 @@ class OpenPBSCluster(RealCluster):
 
     @classmethod
     def start(cls, root: Path, pool: str, **overrides) -> OpenPBSCluster:
-        first = subprocess.run([str(cls.script), "start"], capture_output=True, text=True,
-                               timeout=3600)
-        assert first.returncode == 0, first.stderr
-        env = dict(line.split("=", 1) for line in first.stdout.splitlines() if "=" in line)
+        env = cls.start_daemons()
         nodes = ["n1", "n2"]
         cluster = cls(root, pool, nodes, os.path.join(env["PBS_EXEC"], "bin"), env)
         cluster.write_configs(**overrides)
-        # One hook for every MoM (the server sends it to all): the config path names the
-        # node, which the hook fills in with the MoM's own name.
-        hooks = subprocess.run([str(cls.script), "start", "--vtorque-config",
-                                str(root / "{node}" / "vtorque.yaml"),
-                                "--vtorque-python", PYTHON,
-                                "--job-shell", str(root / "{node}" / "job-shell")],
-                               capture_output=True, text=True, timeout=600)
-        assert hooks.returncode == 0, hooks.stderr
+        cluster.install_hooks()
         return cluster
 
     def job_shell_of(self, node: str) -> Path:

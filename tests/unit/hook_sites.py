@@ -17,6 +17,43 @@ import yaml
 from tests.standins import calls, install, read_db
 from vtorque import hooks
 
+class Guests:
+    """guests.bring_up and write_user_files as recorders: one fake guest per node. Each
+    call records its arguments, the request's vcpus and RAM, and whether the job's mark
+    was on the node when the guests would have been made; `error` makes bring_up fail."""
+
+    def __init__(self, monkeypatch):
+        from vtorque.mpi import sshkeys
+        from vtorque.prologue import guests
+        self.calls: list[dict[str, Any]] = []
+        self.error: Exception | None = None
+        monkeypatch.setattr(guests, "bring_up", self.bring_up)
+        monkeypatch.setattr(guests, "write_user_files", lambda *a, **k: "/nowhere")
+        # The sites' owners have no account here: the server's uid stands in for the
+        # node's (the creation time is still required, from the site's record).
+        real_scope = sshkeys.scope_for
+        monkeypatch.setattr(sshkeys, "scope_for", lambda job_id, user, created, uid=None:
+                            real_scope(job_id, user, created, 1001 if uid is None else uid))
+
+    def bring_up(self, job_id, request, config, *, user, node_index=0, node_count=1,
+                 node=None, run=0, workdir=None, keys=None, job_cores=None):
+        from types import SimpleNamespace
+
+        from vtorque import markers
+        self.calls.append({"job": job_id, "user": user, "index": node_index,
+                           "count": node_count, "node": node, "workdir": workdir,
+                           "keys": keys, "marked": markers.marked(config, job_id),
+                           "vcpus": request.vcpus, "ram": request.ram_mib})
+        if self.error is not None:
+            raise self.error
+        guest = SimpleNamespace(rank=node_index, name=f"vt-{node_index}",
+                                hostname=f"vm{node_index}", mac="52:54:00:00:00:01",
+                                address=None, ready_seconds=0.5)
+        return SimpleNamespace(guests=[guest], seconds=0.1, image_kind="kernel",
+                               image_name="testguest", image_digest="0" * 64,
+                               rdma=None), []
+
+
 JOB_IDS = {"torque": "17.head", "openpbs": "42.pbs", "slurm": "42"}
 NODES = ("n1", "n2")
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from tests.unit.hook_sites import SITES, Site
+from tests.unit.hook_sites import SITES, Guests, Site
 from vtorque import config as config_mod
 from vtorque.cluster import handoff
 from vtorque.errors import HypervisorError, ImageError, TeardownError
@@ -22,37 +21,6 @@ from vtorque.errors import HypervisorError, ImageError, TeardownError
 @pytest.fixture(params=sorted(SITES))
 def site(request: pytest.FixtureRequest, tmp_path: Path, config_data: dict[str, Any]) -> Site:
     return SITES[request.param](tmp_path, config_data)
-
-
-class Guests:
-    """guests.bring_up and write_user_files as recorders: one fake guest per node."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch):
-        from vtorque.mpi import sshkeys
-        from vtorque.prologue import guests
-        self.calls: list[dict[str, Any]] = []
-        self.error: Exception | None = None
-        monkeypatch.setattr(guests, "bring_up", self.bring_up)
-        monkeypatch.setattr(guests, "write_user_files", lambda *a, **k: "/nowhere")
-        # The sites' owners have no account here: the server's uid stands in for the
-        # node's (the creation time is still required, from the site's record).
-        real_scope = sshkeys.scope_for
-        monkeypatch.setattr(sshkeys, "scope_for", lambda job_id, user, created, uid=None:
-                            real_scope(job_id, user, created, 1001 if uid is None else uid))
-
-    def bring_up(self, job_id, request, config, *, user, node_index=0, node_count=1,
-                 node=None, run=0, workdir=None, keys=None, job_cores=None):
-        self.calls.append({"job": job_id, "user": user, "index": node_index,
-                           "count": node_count, "node": node, "workdir": workdir,
-                           "keys": keys})
-        if self.error is not None:
-            raise self.error
-        guest = SimpleNamespace(rank=node_index, name=f"vt-{node_index}",
-                                hostname=f"vm{node_index}", mac="52:54:00:00:00:01",
-                                address=None, ready_seconds=0.5)
-        return SimpleNamespace(guests=[guest], seconds=0.1, image_kind="kernel",
-                               image_name="testguest", image_digest="0" * 64,
-                               rdma=None), []
 
 
 @pytest.fixture

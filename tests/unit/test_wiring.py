@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from tests.standins import install
-from tests.unit.hook_sites import SITES, Site
+from tests.unit.hook_sites import SITES, Guests, Site
 from vtorque import config as config_mod
 from vtorque import markers
 from vtorque.cluster import handoff
@@ -29,31 +28,6 @@ BIG = "vcpus=8;ram=32G"         # the issue's case: far beyond 1 core and 1 GB
 @pytest.fixture(params=sorted(SITES))
 def site(request: pytest.FixtureRequest, tmp_path: Path, config_data: dict[str, Any]) -> Site:
     return SITES[request.param](tmp_path, config_data)
-
-
-class Guests:
-    """guests.bring_up as a recorder that also notes whether the job's mark was there."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch):
-        from vtorque.mpi import sshkeys
-        from vtorque.prologue import guests
-        self.calls: list[dict[str, Any]] = []
-        monkeypatch.setattr(guests, "bring_up", self.bring_up)
-        monkeypatch.setattr(guests, "write_user_files", lambda *a, **k: "/nowhere")
-        real_scope = sshkeys.scope_for
-        monkeypatch.setattr(sshkeys, "scope_for", lambda job_id, user, created, uid=None:
-                            real_scope(job_id, user, created, 1001 if uid is None else uid))
-
-    def bring_up(self, job_id, request, config, *, user, node_index=0, node_count=1,
-                 node=None, run=0, workdir=None, keys=None, job_cores=None):
-        self.calls.append({"node": node, "marked": markers.marked(config, job_id),
-                           "vcpus": request.vcpus, "ram": request.ram_mib})
-        guest = SimpleNamespace(rank=node_index, name=f"vt-{node_index}",
-                                hostname=f"vm{node_index}", mac="52:54:00:00:00:01",
-                                address=None, ready_seconds=0.5)
-        return SimpleNamespace(guests=[guest], seconds=0.1, image_kind="kernel",
-                               image_name="testguest", image_digest="0" * 64,
-                               rdma=None), []
 
 
 @pytest.fixture
