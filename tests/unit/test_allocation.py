@@ -417,3 +417,24 @@ def test_a_request_within_the_allocation_starts_in_every_format(
     outcome, _, _ = _start(parse(8, 40), make_config, tmp_path, "vcpus=8;ram=32G")
     assert outcome.action == RUN, outcome.message
     assert started.calls == [(8, 32768)]
+
+
+@pytest.mark.parametrize("request_text", ["vcpus=1,ram=1G", "vcpus=4,ram=4G,vms_per_node=8",
+                                          "vcpus=2,ram=512M,vms_per_node=3"])
+@pytest.mark.parametrize("reserve", ["0", "1G"])
+def test_what_vsub_asks_for_always_fits_the_nodes_check(make_config, request_text: str,
+                                                        reserve: str) -> None:
+    """vsub sizes a node's memory the way every node counts it (RAM plus QEMU's
+    overhead, plus the host's reserve): a job it sized is never refused for memory, even
+    with no reserve to absorb QEMU's share."""
+    from vtorque.request import parse_request
+    from vtorque.submit import common
+    cfg = make_config({"host_reserve": {"cores": 0, "memory": reserve}})
+    request = parse_request(request_text, cfg)
+    need = common.footprint_of(request, cfg)
+    allocated = NodeAllocation(cpus=need.cores, memory_mib=need.memory_mib)
+    check_fits_allocation(request, allocated, "n1", rank0_here=True)
+    short = NodeAllocation(cpus=need.cores, memory_mib=need.memory_mib - 1 -
+                           cfg.host_reserve.memory)
+    with pytest.raises(RequestError):
+        check_fits_allocation(request, short, "n1", rank0_here=True)

@@ -72,8 +72,9 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> Site:
 
 
 JOB = "#!/bin/sh\necho hello\n"
-# Defaults: vcpus 1, ram 1G, vms_per_node 1, host_reserve 1 core + 1G -> 2 cores, 2048 MiB.
-DEFAULT_L = ["-l", "nodes=1:ppn=2,mem=2048mb"]
+# Defaults: vcpus 1, ram 1G, vms_per_node 1, host_reserve 1 core + 1G -> 2 cores and
+# 1G + 70M for QEMU + 1G = 2118 MiB.
+DEFAULT_L = ["-l", "nodes=1:ppn=2,mem=2118mb"]
 
 
 def vm_var(text: str) -> list[str]:
@@ -103,7 +104,7 @@ def test_vm_is_matched_as_a_whole_word_not_as_dash_v_m(site: Site) -> None:
     [call] = site.calls()
     # The user's -v gets our variable appended (OpenPBS keeps only the last -v).
     assert call["argv"] == ["-v", "m,VTORQUE_VM=img=testguest;vcpus=2;ram=2G",
-                            "-l", "nodes=1:ppn=3,mem=3072mb", job]
+                            "-l", "nodes=1:ppn=3,mem=3148mb", job]
 
 
 def test_options_after_the_script_are_read_and_the_script_goes_last(site: Site) -> None:
@@ -138,8 +139,9 @@ def test_only_the_leading_directive_block_counts(site: Site) -> None:
     r = site.run(job)
     assert r.code == 0, r.err
     [call] = site.calls()
-    # vcpus 2 x 2 guests + 1 = 5 cores; 1G x 2 + 1G = 3072 MiB; the late ram=4G is ignored.
-    assert call["argv"][:-1] == ["-l", "nodes=1:ppn=5,mem=3072mb",
+    # vcpus 2 x 2 guests + 1 = 5 cores; (1G + 74M for QEMU) x 2 + 1G = 3220 MiB; the late
+    # ram=4G is ignored.
+    assert call["argv"][:-1] == ["-l", "nodes=1:ppn=5,mem=3220mb",
                                  *vm_var("img=testguest;vcpus=2;vms_per_node=2")]
     # qsub gets a copy with the same file name whose -vm directives are neutralized.
     copy = call["argv"][-1]
@@ -195,7 +197,7 @@ def test_directive_prefix_from_dash_C_and_from_PBS_DPREFIX(site: Site) -> None:
     text = "#VT -vm img=testguest,vcpus=2\n#PBS -vm vcpus=7\necho hi\n"
     job = site.script(text)
     assert site.run("-C", "#VT", job).code == 0
-    assert site.calls()[-1]["argv"][:4] == ["-C", "#VT", "-l", "nodes=1:ppn=3,mem=2048mb"]
+    assert site.calls()[-1]["argv"][:4] == ["-C", "#VT", "-l", "nodes=1:ppn=3,mem=2122mb"]
     site.monkeypatch.setenv("PBS_DPREFIX", "#VT")
     assert site.run(job).code == 0
     assert vm_var("img=testguest;vcpus=2")[1] in site.calls()[-1]["argv"]
@@ -367,37 +369,38 @@ def test_interactive_is_refused(site: Site, argv: list[str], script: str) -> Non
 
 # --- resources -----------------------------------------------------------------------------
 
-# vcpus=4, vms_per_node=2, ram=2G, host_reserve 1 core + 1G: 9 cores and 5120 MiB per node.
+# vcpus=4, vms_per_node=2, ram=2G, host_reserve 1 core + 1G: 9 cores and (2G + 84M for
+# QEMU) x 2 + 1G = 5288 MiB per node.
 BIG = "img=testguest,vcpus=4,vms_per_node=2,ram=2G"
 
 
 @pytest.mark.parametrize("user_args, directives, expected_args, note", [
     # no nodes: one node with enough cores, memory for it
-    ([], "", ["-l", "nodes=1:ppn=9,mem=5120mb"], None),
+    ([], "", ["-l", "nodes=1:ppn=9,mem=5288mb"], None),
     # enough ppn kept; memory for both nodes added
-    (["-l", "nodes=2:ppn=16"], "", ["-l", "nodes=2:ppn=16", "-l", "mem=10240mb"], None),
+    (["-l", "nodes=2:ppn=16"], "", ["-l", "nodes=2:ppn=16", "-l", "mem=10576mb"], None),
     # ppn raised in place, properties and other resources kept
     (["-l", "nodes=2:ppn=4:gpu,walltime=01:00:00"], "",
-     ["-l", "nodes=2:ppn=9:gpu,walltime=01:00:00", "-l", "mem=10240mb"],
+     ["-l", "nodes=2:ppn=9:gpu,walltime=01:00:00", "-l", "mem=10576mb"],
      "ppn 4 -> 9"),
     # no ppn given: added
-    (["-lnodes=2"], "", ["-lnodes=2:ppn=9", "-l", "mem=10240mb"], None),
+    (["-lnodes=2"], "", ["-lnodes=2:ppn=9", "-l", "mem=10576mb"], None),
     # host names and counts add up to three nodes
     (["-l", "nodes=n01:ppn=2+2:ppn=12"], "",
-     ["-l", "nodes=n01:ppn=9+2:ppn=12", "-l", "mem=15360mb"], "ppn 2 -> 9"),
+     ["-l", "nodes=n01:ppn=9+2:ppn=12", "-l", "mem=15864mb"], "ppn 2 -> 9"),
     # enough memory kept as given; too little raised in place
     (["-l", "mem=64gb,nodes=1:ppn=9"], "", ["-l", "mem=64gb,nodes=1:ppn=9"], None),
-    (["-l", "nodes=1:ppn=9,mem=1gb"], "", ["-l", "nodes=1:ppn=9,mem=5120mb"], "mem 1gb"),
+    (["-l", "nodes=1:ppn=9,mem=1gb"], "", ["-l", "nodes=1:ppn=9,mem=5288mb"], "mem 1gb"),
     # the script's nodes spec is overridden by an added command-line -l
-    ([], "#PBS -l nodes=3:ppn=1\n", ["-l", "nodes=3:ppn=9,mem=15360mb"], "ppn 1 -> 9"),
+    ([], "#PBS -l nodes=3:ppn=1\n", ["-l", "nodes=3:ppn=9,mem=15864mb"], "ppn 1 -> 9"),
     # command line overrides the script per resource, as qsub does
     (["-l", "nodes=2:ppn=10"], "#PBS -l nodes=3:ppn=1\n",
-     ["-l", "nodes=2:ppn=10", "-l", "mem=10240mb"], None),
+     ["-l", "nodes=2:ppn=10", "-l", "mem=10576mb"], None),
     # OpenPBS select: per-chunk ncpus and mem, no job-wide mem
-    (["-l", "select=2:ncpus=4:mem=1gb"], "", ["-l", "select=2:ncpus=9:mem=5120mb"],
+    (["-l", "select=2:ncpus=4:mem=1gb"], "", ["-l", "select=2:ncpus=9:mem=5288mb"],
      "ncpus 4 -> 9"),
     (["-l", "select=1:ngpus=1,place=scatter"], "",
-     ["-l", "select=1:ngpus=1:ncpus=9:mem=5120mb,place=scatter"], None),
+     ["-l", "select=1:ngpus=1:ncpus=9:mem=5288mb,place=scatter"], None),
 ])
 def test_resource_adjustment(site: Site, user_args: list[str], directives: str,
                              expected_args: list[str], note: str | None) -> None:
@@ -424,7 +427,7 @@ def test_unreadable_mem_is_refused(site: Site) -> None:
 def test_host_reserve_comes_from_the_config(site: Site) -> None:
     site.write_config(host_reserve={"cores": 3, "memory": "512M"})
     assert site.run("-vm", "img=testguest", site.script(JOB)).code == 0
-    assert site.calls()[0]["argv"][:2] == ["-l", "nodes=1:ppn=4,mem=1536mb"]
+    assert site.calls()[0]["argv"][:2] == ["-l", "nodes=1:ppn=4,mem=1606mb"]
 
 
 # --- qsub's output and exit status ---------------------------------------------------------

@@ -20,8 +20,9 @@ from vtorque.submit.submission import footprint
 from vtorque.batch.slurm import parse_show_job
 
 JOB = "#!/bin/sh\n#SBATCH --time=10\necho hello\n"
-# Defaults: vcpus 1, ram 1G, vms_per_node 1, host_reserve 1 core + 1G -> 2 CPUs, 2048 MiB.
-ADDED = ["--mincpus=2", "--mem=2048M"]
+# Defaults: vcpus 1, ram 1G, vms_per_node 1, host_reserve 1 core + 1G -> 2 CPUs and
+# 1G + 70M for QEMU + 1G = 2118 MiB.
+ADDED = ["--mincpus=2", "--mem=2118M"]
 
 
 class Site(VsubSite):
@@ -90,7 +91,7 @@ def test_vm_forms_and_vsub_directives_merge(site: Site) -> None:
     comment = [a for a in site.options() if a.startswith("--comment=")]
     assert comment == ["--comment=vtorque:img=testguest;vcpus=2;ram=512M;vms_per_node=1"]
     # 2 vCPUs + 1 reserved core; 512M + 1G reserve.
-    assert site.options()[-2:] == ["--mincpus=3", "--mem=1536M"]
+    assert site.options()[-2:] == ["--mincpus=3", "--mem=1609M"]
 
 
 def test_key_given_twice_is_refused_before_sbatch(site: Site) -> None:
@@ -161,20 +162,20 @@ def test_the_job_record_carries_the_request_to_the_root_side(site: Site) -> None
 
 @pytest.mark.parametrize("args, directives, env, added, note", [
     ([], "", {}, ADDED, None),
-    (["--mincpus=1", "--mem=1G"], "", {}, ADDED, "raised --mincpus 1 -> 2, --mem 1G -> 2048M"),
+    (["--mincpus=1", "--mem=1G"], "", {}, ADDED, "raised --mincpus 1 -> 2, --mem 1G -> 2118M"),
     (["--mincpus", "8", "--mem=4G"], "", {}, [], None),
     ([], "#SBATCH --mincpus=1\n#SBATCH --mem=100\n", {}, ADDED,
-     "raised --mincpus 1 -> 2, --mem 100 -> 2048M"),
+     "raised --mincpus 1 -> 2, --mem 100 -> 2118M"),
     ([], "#SBATCH --mem=8G\n", {}, ["--mincpus=2"], None),
-    (["--mem=100"], "#SBATCH --mem=8G\n", {}, ADDED, "--mem 100 -> 2048M"),
-    ([], "", {"SBATCH_MEM_PER_NODE": "512"}, ADDED, "--mem 512 -> 2048M"),
+    (["--mem=100"], "#SBATCH --mem=8G\n", {}, ADDED, "--mem 100 -> 2118M"),
+    ([], "", {"SBATCH_MEM_PER_NODE": "512"}, ADDED, "--mem 512 -> 2118M"),
     ([], "#SBATCH --mem=100\n", {"SBATCH_MEM_PER_NODE": "4G"}, ["--mincpus=2"], None),
     (["--mem=0"], "", {}, ["--mincpus=2"], None),
-    (["--mem-per-cpu=100"], "", {}, ["--mincpus=2", "--mem-per-cpu=1024M"],
-     "--mem-per-cpu 100 -> 1024M"),
+    (["--mem-per-cpu=100"], "", {}, ["--mincpus=2", "--mem-per-cpu=1059M"],
+     "--mem-per-cpu 100 -> 1059M"),
     (["--mem-per-cpu=2G"], "", {}, ["--mincpus=2"], None),
     (["--mem-per-gpu=1G"], "", {}, ["--mincpus=2"], "--mem-per-gpu (command line) is kept"),
-    (["--mem-per-c=10"], "", {}, ["--mincpus=2", "--mem-per-cpu=1024M"], "-> 1024M"),
+    (["--mem-per-c=10"], "", {}, ["--mincpus=2", "--mem-per-cpu=1059M"], "-> 1059M"),
 ])
 def test_resources_are_raised_to_fit_the_guests(site: Site, args: list[str], directives: str,
                                                 env: dict[str, str], added: list[str],
@@ -195,7 +196,7 @@ def test_host_reserve_and_request_size_the_footprint(site: Site) -> None:
     site.write_config(host_reserve={"cores": 3, "memory": "512M"})
     assert site.run("-vm", "img=testguest,vcpus=2,vms_per_node=2,ram=1G",
                     site.script(JOB)).code == 0
-    assert site.options()[-2:] == ["--mincpus=7", "--mem=2560M"]
+    assert site.options()[-2:] == ["--mincpus=7", "--mem=2708M"]
 
 
 def test_unreadable_sizes_are_usage_errors(site: Site) -> None:

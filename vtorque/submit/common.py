@@ -46,7 +46,6 @@ def check_request(texts: list[str], config):
     from vtorque.images import Catalog
     from vtorque.request import build_request, check_image_matches, encode_pairs, image_name
     from vtorque.request import split_pairs
-    from vtorque.submit.submission import footprint
     pairs = split_pairs(texts)
     request = build_request(pairs, config)
     catalog = Catalog(config.image_pool)
@@ -55,9 +54,18 @@ def check_request(texts: list[str], config):
     if not pairs:
         # An empty VTORQUE_VM would read as "no VMs": name the image resolved now.
         pairs = {"img": name}
-    need = footprint(request.vcpus, request.ram_mib, request.vms_per_node,
-                        config.host_reserve.cores, config.host_reserve.memory)
-    return encode_pairs(pairs), need
+    return encode_pairs(pairs), footprint_of(request, config)
+
+
+def footprint_of(request, config):
+    """What each node must give the job: the guests' vCPUs and the memory as every node
+    counts it against the job's allocation (RAM, QEMU's overhead, a scratch disk on
+    ramdisk), plus the host's reserve: a job vsub sized always fits."""
+    from vtorque.request import guests_memory_mib
+    from vtorque.submit.submission import footprint
+    return footprint(request.vcpus, request.ram_mib, request.vms_per_node,
+                     config.host_reserve.cores, config.host_reserve.memory,
+                     guests_mib=guests_memory_mib(request, rank0_here=True))
 
 
 def run_command(argv: list[str], stdin: str | None, env,

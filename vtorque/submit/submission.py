@@ -17,9 +17,13 @@ class Footprint:
 
 
 def footprint(vcpus: int, ram_mib: int, vms_per_node: int, reserve_cores: int,
-              reserve_mib: int) -> Footprint:
+              reserve_mib: int, guests_mib: int | None = None) -> Footprint:
+    """`guests_mib`: what the node's guests take from the job (their RAM plus QEMU's
+    overhead, as the nodes count it: request.guests_memory_mib); default their RAM."""
+    if guests_mib is None:
+        guests_mib = ram_mib * vms_per_node
     return Footprint(cores=vcpus * vms_per_node + reserve_cores,
-                     memory_mib=ram_mib * vms_per_node + reserve_mib,
+                     memory_mib=guests_mib + reserve_mib,
                      vcpus=vcpus, vms_per_node=vms_per_node, reserve_cores=reserve_cores)
 
 
