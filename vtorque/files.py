@@ -20,7 +20,7 @@ import shutil
 import stat
 import tempfile
 
-from vtorque.errors import NodeError
+from vtorque.errors import NodeError, VtorqueError
 
 _MAX_LINKS = 40                      # as the kernel's ELOOP limit
 _WRITABLE = stat.S_IWGRP | stat.S_IWOTH
@@ -316,10 +316,13 @@ def open_append(path: str, mode: int = 0o640) -> int:
     return fd
 
 
-def atomic_write(path: str, data: bytes | str, mode: int = 0o600) -> None:
+def atomic_write(path: str, data: bytes | str, mode: int = 0o600, *,
+                 replace: bool = True) -> None:
     """Write `data` to `path` via a temp file in the same directory and rename.
 
-    The rename replaces a planted symlink instead of writing through it.
+    The rename replaces a planted symlink instead of writing through it. With
+    replace=False the name must be free: an existing file is never replaced
+    (VtorqueError), see link_new.
     """
     if isinstance(data, str):
         data = data.encode()
@@ -331,13 +334,26 @@ def atomic_write(path: str, data: bytes | str, mode: int = 0o600) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            link_new(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         raise
+
+
+def link_new(tmp: str, path: str) -> None:
+    """Give the finished file `tmp` the name `path`, which must be free (a hard link
+    never replaces), then drop `tmp`: VtorqueError when the name was taken."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise VtorqueError(f"{path} exists already; nothing replaced") from None
+    os.unlink(tmp)
 
 
 

@@ -30,8 +30,6 @@ import yaml
 
 from tests.e2e.conftest import REPO
 from vtorque import config as config_mod
-from vtorque.journal import JobPaths
-from vtorque.vm.host import Host
 
 JOB_USER = "vtjob"
 PYTHON = str(REPO / ".venv" / "bin" / "python")
@@ -180,19 +178,10 @@ class RealCluster:
                              self.job(job_id)), timeout)
 
     def leftovers(self, job_id: str) -> list[str]:
-        """Everything of the job still on any node: domains, files, keys, addresses."""
-        found = []
-        with Host("qemu:///system") as host:
-            found += [d.name for d in host.tagged_domains(job_id)]
-        for node in self.nodes:
-            cfg = self.config(node)
-            paths = JobPaths.for_job(job_id, cfg.state_dir, cfg.ramdisk_dir)
-            for path in (paths.job_dir, paths.ramdisk_dir, paths.user_dir, paths.lock):
-                if os.path.lexists(path):
-                    found.append(f"{node}:{path}")
-            from vtorque.ibverbs import pool
-            found += [f"{node}: function {a.pci}" for a in pool.assignments(cfg)
-                      if a.job_id == job_id]
+        """Everything of the job still on any node: domains, files, marks, functions,
+        ledger entries, its hand-off."""
+        from tests.e2e import leftovers
+        found = leftovers.on_nodes(job_id, {node: self.config(node) for node in self.nodes})
         shared = self.root / "shared"
         for ledger in ("addresses.json", "pkeys.json"):
             if (shared / ledger).exists() and job_id in json.loads((shared / ledger).read_text()):

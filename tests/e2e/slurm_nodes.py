@@ -24,7 +24,6 @@ import yaml
 from tests.e2e.accounts import JOB_UID, JOB_USER
 from tests.e2e.conftest import POOL, REPO
 from vtorque import config as config_mod
-from vtorque.journal import JobPaths
 from vtorque.vm.host import Host
 
 SLURM = str(REPO / "scripts" / "slurm-cluster")
@@ -108,14 +107,8 @@ class SlurmNodes:
 
     def leftovers(self, job_id: str) -> list[str]:
         """Everything of the job on any node: domains, files, addresses, hand-off."""
-        found = []
-        with Host("qemu:///system") as host:
-            found += [d.name for d in host.tagged_domains(job_id)]
-        for node in self.nodes:
-            cfg = self.config(node)
-            paths = JobPaths.for_job(job_id, cfg.state_dir, cfg.ramdisk_dir)
-            found += [f"{node}:{p}" for p in (paths.job_dir, paths.user_dir, paths.lock,
-                                              paths.ramdisk_dir) if os.path.lexists(p)]
+        from tests.e2e import leftovers
+        found = leftovers.on_nodes(job_id, {node: self.config(node) for node in self.nodes})
         ledger = self.shared / "addresses.json"
         if ledger.exists() and job_id in json.loads(ledger.read_text() or "{}"):
             found.append("address block")

@@ -25,7 +25,6 @@ import yaml
 from tests.e2e.accounts import JOB_UID, JOB_USER
 from tests.e2e.conftest import POOL, REPO
 from vtorque import config as config_mod
-from vtorque.journal import JobPaths
 from vtorque.vm.host import Host
 
 # Guest tests run in one serial pytest process (scripts/test), never under xdist.
@@ -94,13 +93,9 @@ class SlurmVmCluster:
         return self.slurm("sinfo", "-h", "-o", "%t").stdout.strip()
 
     def leftovers(self, job_id: str) -> list[str]:
+        from tests.e2e import leftovers
         cfg = self.config
-        found = []
-        with Host("qemu:///system") as host:     # the real one, even while a test breaks cfg
-            found += [d.name for d in host.tagged_domains(job_id)]
-        paths = JobPaths.for_job(job_id, cfg.state_dir, cfg.ramdisk_dir)
-        found += [p for p in (paths.job_dir, paths.user_dir, paths.lock, paths.ramdisk_dir)
-                  if os.path.lexists(p)]
+        found = leftovers.on_nodes(job_id, {cfg.node_name or "node": cfg})
         shared = Path(cfg.batch.shared_state_dir)
         if (shared / "addresses.json").exists() and job_id in \
                 (shared / "addresses.json").read_text():

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.standins import calls, install, read_db
@@ -294,3 +295,21 @@ class SlurmSite(Site):
 
 
 SITES = {"torque": TorqueSite, "openpbs": OpenPBSSite, "slurm": SlurmSite}
+
+
+# -- the fixtures the hook suites share (test_hook_contract.py, test_wiring.py import them)
+@pytest.fixture(params=sorted(SITES))
+def site(request: pytest.FixtureRequest, tmp_path: Path, config_data: dict[str, Any]) -> Site:
+    """Every batch system's site in turn."""
+    return SITES[request.param](tmp_path, config_data)
+
+
+@pytest.fixture
+def guests(monkeypatch: pytest.MonkeyPatch) -> Guests:
+    return Guests(monkeypatch)
+
+
+def site_config(site: Site):
+    """The site's config as the hooks load it."""
+    from vtorque import config as config_mod
+    return config_mod.load(str(site.config))

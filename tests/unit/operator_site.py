@@ -8,17 +8,8 @@ from typing import Any
 
 import yaml
 
+from tests.unit.conftest import merge
 from vtorque import config as config_mod
-
-
-def merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def write_config(path: Path, data: dict[str, Any], overrides: dict | None = None):

@@ -7,29 +7,20 @@ from __future__ import annotations
 
 import errno
 import os
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.unit import hook_sites
 from tests.unit.hook_sites import SITES, Guests, Site
-from vtorque import config as config_mod
 from vtorque.cluster import handoff
 from vtorque.errors import HypervisorError, ImageError, TeardownError
 
 
-@pytest.fixture(params=sorted(SITES))
-def site(request: pytest.FixtureRequest, tmp_path: Path, config_data: dict[str, Any]) -> Site:
-    return SITES[request.param](tmp_path, config_data)
-
-
-@pytest.fixture
-def guests(monkeypatch: pytest.MonkeyPatch) -> Guests:
-    return Guests(monkeypatch)
-
-
-def config(site: Site):
-    return config_mod.load(str(site.config))
+# The fixtures and helper every hook suite shares.
+site = hook_sites.site
+guests = hook_sites.guests
+config = hook_sites.site_config
 
 
 def publish(site: Site, node: str, ok: bool = True, reason: str = "libvirtd is down",

@@ -8,14 +8,13 @@ record format. No guest is booted: guests.bring_up is a recorder."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.standins import install
-from tests.unit.hook_sites import SITES, Guests, Site
-from vtorque import config as config_mod
+from tests.unit import hook_sites
+from tests.unit.hook_sites import Guests, Site
 from vtorque import markers
 from vtorque.cluster import handoff
 from vtorque.errors import TeardownError
@@ -25,18 +24,10 @@ SMALL = "vcpus=1;ram=256M"      # fits what every stand-in allocates on a node
 BIG = "vcpus=8;ram=32G"         # the issue's case: far beyond 1 core and 1 GB
 
 
-@pytest.fixture(params=sorted(SITES))
-def site(request: pytest.FixtureRequest, tmp_path: Path, config_data: dict[str, Any]) -> Site:
-    return SITES[request.param](tmp_path, config_data)
-
-
-@pytest.fixture
-def guests(monkeypatch: pytest.MonkeyPatch) -> Guests:
-    return Guests(monkeypatch)
-
-
-def config(site: Site):
-    return config_mod.load(str(site.config))
+# The fixtures and helper every hook suite shares.
+site = hook_sites.site
+guests = hook_sites.guests
+config = hook_sites.site_config
 
 
 def ready(site: Site, node: str) -> None:

@@ -17,7 +17,7 @@ import os
 import shutil
 
 from vtorque.errors import ImageError, VtorqueError
-from vtorque.files import ensure_trusted_dir
+from vtorque.files import atomic_write, ensure_trusted_dir
 
 SOURCE_FORMATS = ("raw", "vmdk")        # what --convert turns into qcow2
 
@@ -100,9 +100,9 @@ def cmd_image_add(args) -> int:
                                "first (vtorque image remove)")
         try:
             files = _bring_in(args, config, pool, kind, made, imagecopy)
-            imagecopy.write_new(descriptor, descriptor_text(
+            atomic_write(descriptor, descriptor_text(
                 args.name, kind, args.distro, args.arch, files, args.cmdline,
-                args.host_share))
+                args.host_share), 0o644, replace=False)
             made.append(descriptor)
             image = Catalog(pool, checksum_cache=os.path.join(config.state_dir, ".checksums")
                             ).authorize(args.name)

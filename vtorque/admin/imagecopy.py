@@ -14,6 +14,7 @@ import tempfile
 
 from vtorque import proc
 from vtorque.errors import VtorqueError
+from vtorque.files import link_new
 
 _CHUNK = 1 << 20
 _BLOCK = 64 << 10                    # runs of zeros this long become holes
@@ -57,37 +58,13 @@ def copy_hashing(src_fd: int, directory: str, name: str) -> tuple[str, str, int]
             out.flush()
             os.fsync(out.fileno())
             os.fchmod(out.fileno(), 0o644)
-        try:
-            os.link(tmp, final)          # never replaces: fails if the name was taken
-        except FileExistsError:
-            raise VtorqueError(f"{final} appeared while copying; nothing replaced") from None
+        link_new(tmp, final)             # never replaces: fails if the name was taken
     finally:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
     return final, digest.hexdigest(), size
-
-
-def write_new(path: str, text: str) -> None:
-    """Write a small file (root's, 0644) under a name that must be free."""
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".vtorque-add-")
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-            os.fchmod(out.fileno(), 0o644)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise VtorqueError(f"{path} exists already; nothing replaced") from None
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
 
 
 def convert(src_fd: int, source_format: str, work_root: str) -> tuple[int, str]:

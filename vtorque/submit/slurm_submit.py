@@ -46,21 +46,10 @@ def _check_slurm_script(script: SbatchScript) -> None:
                          "line to name an interpreter, e.g. #!/bin/sh)")
 
 
-def build_sbatch_submission(cmdline: SbatchArgs, script: SbatchScript, encoded_request: str,
-                            need: Footprint, job_shell: str | None = None) -> Submission:
-    """sbatch: the user's options unchanged, then --comment (the request), --mincpus and
-    --mem as needed, and the wrapper script that hands the user's script to the job
-    shell."""
+def comment_option(cmdline: SbatchArgs, script: SbatchScript, encoded_request: str) -> str:
+    """--comment with the request (vtorque:...), the user's own comment kept after it;
+    the user's may not start like vsub's, and must be one line."""
     from vtorque.batch.slurm_record import COMMENT_MARKER, comment_for_request
-    if job_shell is None:
-        raise NodeError("vsub for Slurm needs batch.job_shell")
-    _check_slurm_script(script)
-    if script.foreign and not (cmdline.has("ignore-pbs") or
-                               any(o.names and "ignore-pbs" in o.names
-                                   for _, o in script.options()) or
-                               (cmdline.environ or {}).get("SBATCH_IGNORE_PBS")):
-        raise UsageError(f"script line {script.foreign[0]}: sbatch would read this #PBS/"
-                         "#BSUB directive too; write it as #SBATCH (or pass --ignore-pbs)")
     if any(ch.isspace() for ch in encoded_request):
         raise RequestError("-vm values cannot contain white space")
     user = _effective(cmdline, script, ("comment",))
@@ -72,9 +61,27 @@ def build_sbatch_submission(cmdline: SbatchArgs, script: SbatchScript, encoded_r
                                key="comment")
         if any(ord(ch) < 32 or ord(ch) == 127 for ch in user_comment):
             raise UsageError(f"the job comment ({user[2]}) must be one line of text")
+    return f"--comment={comment_for_request(encoded_request, user_comment)}"
+
+
+def build_sbatch_submission(cmdline: SbatchArgs, script: SbatchScript, encoded_request: str,
+                            need: Footprint, job_shell: str | None = None) -> Submission:
+    """sbatch: the user's options unchanged, then --comment (the request), --mincpus and
+    --mem as needed, and the wrapper script that hands the user's script to the job
+    shell."""
+    if job_shell is None:
+        raise NodeError("vsub for Slurm needs batch.job_shell")
+    _check_slurm_script(script)
+    if script.foreign and not (cmdline.has("ignore-pbs") or
+                               any(o.names and "ignore-pbs" in o.names
+                                   for _, o in script.options()) or
+                               (cmdline.environ or {}).get("SBATCH_IGNORE_PBS")):
+        raise UsageError(f"script line {script.foreign[0]}: sbatch would read this #PBS/"
+                         "#BSUB directive too; write it as #SBATCH (or pass --ignore-pbs)")
+    comment = comment_option(cmdline, script, encoded_request)
     added, notes = adjust_sbatch_resources(cmdline, script, need)
     args = cmdline.words(drop=("wrap",))
-    args.append(f"--comment={comment_for_request(encoded_request, user_comment)}")
+    args.append(comment)
     args += added
     note_lines: tuple[str, ...] = ()
     raised = [n for n in notes if "->" in n]
@@ -105,21 +112,12 @@ def build_salloc_args(cmdline: SbatchArgs, encoded_request: str, need: Footprint
                       srun: str, python: str, command: list[str], tty: bool
                       ) -> tuple[list[str], list[str]]:
     """(salloc's arguments, notes) for an interactive VM session: the user's options, the
-    request in the comment and the resources raised as for sbatch, then the session."""
-    from vtorque.batch.slurm_record import COMMENT_MARKER, comment_for_request
-    if cmdline.script is not None or cmdline.values("wrap"):
-        raise UsageError(f"vsub {INTERACTIVE} takes no job script: the session is a shell "
-                         "in guest rank 0 (a command may follow --)")
-    if any(ch.isspace() for ch in encoded_request):
-        raise RequestError("-vm values cannot contain white space")
-    user = cmdline.values("comment")
-    if user and user[-1].startswith(COMMENT_MARKER):
-        raise RequestError(f"the job comment may not start with {COMMENT_MARKER!r}: vsub "
-                           "writes the VM request there", key="comment")
-    added, notes = adjust_sbatch_resources(cmdline, SbatchScript(None, ""), need)
-    args = cmdline.words(drop=("comment",))
-    args.append(f"--comment={comment_for_request(encoded_request, user[-1] if user else None)}")
-    args += added
+    request in the comment and the resources raised as for sbatch, then the session
+    (interactive() has refused a script)."""
+    no_script = SbatchScript(None, "")
+    comment = comment_option(cmdline, no_script, encoded_request)
+    added, notes = adjust_sbatch_resources(cmdline, no_script, need)
+    args = [*cmdline.words(), comment, *added]
     session = SESSION.format(pty="--pty " if tty else "")
     return [*args, "/bin/sh", "-c", session, "vsub-session", srun, python,
             *(["--", *command] if command else [])], [f"note: {n}" for n in notes]
