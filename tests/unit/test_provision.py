@@ -387,16 +387,32 @@ def test_a_vm_job_is_marked_before_anything_is_made_for_it(config: Any, fake: Re
 
 @pytest.mark.parametrize("error", [ImageError("image 'x' is not authorized"),
                                    HypervisorError("cannot connect to libvirt")])
-def test_a_failed_start_is_published_after_the_mark_and_keeps_it(
+def test_a_failed_start_is_published_after_the_mark_then_drops_it_when_nothing_is_left(
         config: Any, fake: Recorder, monkeypatch: pytest.MonkeyPatch,
         error: Exception) -> None:
-    """The failed status is something of the job (in the hand-off): the mark stays until
-    the epilogue finds nothing left."""
+    """The failed status goes out while the job is marked; a node that rolled back to
+    nothing then drops its mark itself: the real Torque runs no epilogue on a sister
+    after a failed start, and the mark would stay for ever."""
     order = MarkOrder(monkeypatch, config, fake)
     fake.error = error
     provision.start(context(), config, mother_superior=False)
     assert order.steps == [("mark", []), ("bring_up", True), ("publish failed", True)]
+    assert not markers.marked(config, JOB)
+
+
+def test_a_failed_start_that_leaves_something_keeps_its_mark(
+        config: Any, fake: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a failed rollback left (here: the job's directory) is the epilogue's or the
+    reaper's to find: the mark stays."""
+    from vtorque.journal import JobPaths
+
+    def fail_leaving_state(*args: Any, **kwargs: Any) -> Any:
+        os.makedirs(JobPaths.for_job(JOB, config.state_dir, config.ramdisk_dir).job_dir)
+        raise HypervisorError("libvirt refused to start the guest: test")
+    monkeypatch.setattr(guests, "bring_up", fail_leaving_state)
+    provision.start(context(), config, mother_superior=False)
     assert markers.marked(config, JOB)
+    assert handoff.read(config, JOB, "n1").clean is False
 
 
 def test_a_request_refused_on_the_node_is_published_after_the_mark(

@@ -48,6 +48,13 @@ def start(ctx: JobContext, config: Config, *, mother_superior: bool,
     if provision_here:
         outcome, entries = _provision(ctx, config)
         if outcome.action != RUN:
+            if not mother_superior and _holds_nothing(ctx.job_id, config):
+                # A sister that rolled back to nothing: the real Torque runs no epilogue
+                # there after a failed start, so the mark goes now (its published status
+                # says clean, and the mother superior's end removes it with the job's
+                # hand-off). The mother superior keeps its mark: its epilogue cleans the
+                # job's hand-off and job-wide pieces.
+                markers.unmark(config, ctx.job_id)
             return outcome
     if not (mother_superior and assemble):
         return Outcome.run()
