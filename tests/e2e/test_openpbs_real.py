@@ -155,7 +155,15 @@ def test_qdel_while_the_guests_start_or_the_job_runs_leaves_nothing(openpbs, job
             and f"{job_id};vtorque: image=testguest" in openpbs.mom_log(openpbs.nodes[0])),
             timeout=300)
     openpbs.run("qdel", job_id)
-    openpbs.wait_finished(job_id, timeout=300)
+    try:
+        openpbs.wait_finished(job_id, timeout=120)
+    except AssertionError:
+        # Seen on the real OpenPBS 23.06: a qdel that arrives while execjob_begin runs
+        # can be lost (the MoM logs the TermJob, then runs the prologue, the launch and
+        # the job anyway). The user deletes it again, and nothing may be left then.
+        assert phase == "starting", "qdel of a running job did not end it"
+        openpbs.run("qdel", job_id)
+        openpbs.wait_finished(job_id, timeout=300)
     openpbs.wait("nothing left", lambda: openpbs.leftovers(job_id) == [], timeout=180)
     assert openpbs.offline() == {}
 
