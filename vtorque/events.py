@@ -66,16 +66,22 @@ def record(config, job_id: str, phase: str, **fields: Any) -> None:
 
 
 def accounting_note(image: str | None, digest: str | None, boot_seconds: float | None,
-                    nodes: int | None = None) -> str:
+                    nodes: int | None = None, restored: tuple[int, int] | None = None
+                    ) -> str:
     """What ran, for the batch system's record of the job (Slurm AdminComment, OpenPBS
-    job comment): `image=NAME sha256=HEX boot=6.3s[ nodes=N]`. Pure; every value is
-    checked, so nothing a user chose can reach the record but a catalog name."""
+    job comment): `image=NAME sha256=HEX boot=6.3s[ restored=K/N][ nodes=N]` (restored:
+    K of the job's N guests started from a snapshot template, shown when K > 0). Pure;
+    every value is checked, so nothing a user chose can reach the record but a catalog
+    name."""
     name = image if isinstance(image, str) and _NAME.fullmatch(image) else "unknown"
     sha = digest.lower() if isinstance(digest, str) and _SHA256.fullmatch(digest.lower()) \
         else "unknown"
     parts = [f"image={name}", f"sha256={sha}"]
     if isinstance(boot_seconds, (int, float)) and boot_seconds >= 0:
         parts.append(f"boot={boot_seconds:.1f}s")
+    if restored and all(isinstance(n, int) for n in restored) and 0 < restored[0] <= \
+            restored[1]:
+        parts.append(f"restored={restored[0]}/{restored[1]}")
     if isinstance(nodes, int) and nodes > 0:
         parts.append(f"nodes={nodes}")
     return " ".join(parts)

@@ -100,8 +100,10 @@ def cfg(make_config: Callable[..., Config]) -> Config:
     return make_config()
 
 
-def _add_kernel_image(pool: Path, name: str = "testguest", distro: str = "debian") -> None:
-    """A kernel-kind image with small fake kernel/initrd files and a correct descriptor."""
+def _add_kernel_image(pool: Path, name: str = "testguest", distro: str = "debian",
+                      extra: str = "") -> None:
+    """A kernel-kind image with small fake kernel/initrd files and a correct descriptor
+    (`extra`: more descriptor lines, e.g. "snapshot: true\\n")."""
     shas = {}
     for role in ("vmlinuz", "initrd"):
         data = f"fake {role} of {name}".encode()
@@ -118,7 +120,7 @@ arch: x86_64
 kernel: {{file: {name}.vmlinuz, sha256: '{shas["vmlinuz"]}'}}
 initrd: {{file: {name}.initrd, sha256: '{shas["initrd"]}'}}
 cmdline: "console=ttyS0"
-""")
+{extra}""")
     os.chmod(descriptor, 0o644)
 
 
@@ -180,7 +182,7 @@ def test_uri(tmp_path: Path) -> str:
 
 @pytest.fixture
 def add_kernel_image() -> Callable[..., None]:
-    """add_kernel_image(pool_dir, name='testguest', distro='debian')."""
+    """add_kernel_image(pool_dir, name='testguest', distro='debian', extra='')."""
     return _add_kernel_image
 
 

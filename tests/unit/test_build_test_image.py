@@ -111,7 +111,8 @@ def test_descriptor_has_the_exact_shape_and_hashes() -> None:
         f"kernel: {{file: testguest.vmlinuz, sha256: {k}}}\n"
         f"initrd: {{file: testguest.initrd, sha256: {i}}}\n"
         'cmdline: "console=ttyS0 panic=-1 quiet"\n'
-        "host_share: true\n")
+        "host_share: true\n"
+            "snapshot: true\n")
     assert bti.parse_descriptor_hashes(text) == {
         "kernel": ("testguest.vmlinuz", k), "initrd": ("testguest.initrd", i)}
 
@@ -211,7 +212,7 @@ def test_the_host_side_contract_names() -> None:
         assert f"        {name}=*) " in text, name
     assert set(bti.CMDLINE_PARAMETERS) == {
         "vtorque.hostname", "vtorque.ready", "vtorque.net", "vtorque.ip", "vtorque.gw",
-        "vtorque.mtu", "vtorque.hostroot", "vtorque.rdma"}
+        "vtorque.mtu", "vtorque.hostroot", "vtorque.rdma", "vtorque.template"}
     # The host side's name for the Soft-RoCE device and the guest's must agree.
     from vtorque.ibverbs.transport import RXE_DEVICE
     assert bti.RXE_DEVICE == RXE_DEVICE

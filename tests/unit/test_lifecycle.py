@@ -37,9 +37,11 @@ from vtorque.errors import (
 from vtorque.journal import Journal
 from vtorque.node import NodeFacts
 from vtorque.request import parse_request
-from vtorque.vm import identity, lifecycle, readiness
+from vtorque.vm import identity, lifecycle, readiness, restore
 from vtorque.vm.host import Host
+from vtorque.vm.render import domain_xml
 from vtorque.vm.spec import METADATA_NS
+from vtorque.vm.template_store import Template, TemplateStore
 
 QEMU_UID = pwd.getpwnam("libvirt-qemu").pw_uid if "libvirt-qemu" in {
     p.pw_name for p in pwd.getpwall()} else None
@@ -641,3 +643,116 @@ def test_an_unreadable_outer_share_leaves_the_inner_ones(env: Env, owner,
     xml = env.host._conn.lookupByName(result.guests[0].name).XMLDesc(0)
     assert f"dir='{homes}/u'" in xml or f'dir="{homes}/u"' in xml
     assert f"dir='{homes}'" not in xml and f'dir="{homes}"' not in xml
+
+
+# --- snapshot starts: whatever goes wrong, the guests boot -----------------------------------
+
+@pytest.fixture
+def snapshot_image(env: Env, pool_dir: Path, add_kernel_image) -> str:
+    """An image that opts in to snapshot starts."""
+    add_kernel_image(pool_dir, "snapguest", extra="snapshot: true\n")
+    return "snapguest"
+
+
+def journal_starts(env: Env, job_id: str) -> list:
+    return [e.get("start") for e in Journal(env.paths(job_id).journal).entries()
+            if e.get("event") == "guest-started"]
+
+
+def test_a_template_that_cannot_be_built_leaves_nothing_and_the_guests_boot(
+        env: Env, snapshot_image: str) -> None:
+    # The test driver saves in its own format, not libvirt's QEMU save image: the build
+    # fails after a real start, wait and save, at the header check.
+    result = lifecycle.up("12", env.request(f"img={snapshot_image},vms_per_node=2"),
+                          env.config)
+    assert [g.started for g in result.guests] == ["boot", "boot"]
+    assert journal_starts(env, "12") == ["boot", "boot"]
+    assert "building its template failed" in result.snapshot_note
+    assert "not a libvirt save image" in result.snapshot_note
+    log = Path(env.config.log_file).read_text()
+    assert "guests boot instead of starting from a template" in log
+    assert [d.name for d in env.host._conn.listAllDomains()
+            if "template" in d.name()] == []
+    store = TemplateStore(env.config.state_dir)
+    [(key, meta)] = store.entries()
+    assert meta is None and not os.path.exists(os.path.join(store.directory(key), "state"))
+    # Within snapshots.retry_after the shape boots without another try.
+    calls = []
+    original = restore._build
+    restore._build = lambda *a, **k: calls.append(a) or original(*a, **k)
+    try:
+        again = lifecycle.up("13", env.request(f"img={snapshot_image}"), env.config)
+    finally:
+        restore._build = original
+    assert calls == [] and "failed recently" in again.snapshot_note
+    lifecycle.down("12", env.config)
+    lifecycle.down("13", env.config)
+    env.assert_nothing_left("12")
+
+
+def fake_template(env: Env) -> Template:
+    store = TemplateStore(env.config.state_dir)
+    store.prepare()
+    directory = store.directory("k" * 32)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    state = os.path.join(directory, "state")
+    Path(state).write_bytes(b"x" * 64)
+    os.chmod(state, 0o600)
+    Path(directory, "meta.json").write_text("{}")
+    return Template("k" * 32, state, "<domain/>", 8, 64, "snapguest")
+
+
+def test_a_failed_restore_boots_the_guest_and_drops_the_template(
+        env: Env, snapshot_image: str, monkeypatch) -> None:
+    template = fake_template(env)
+    monkeypatch.setattr(restore, "template_for", lambda *a: template)
+
+    def refuse(*args, **kwargs):
+        raise HypervisorError("QEMU could not load the saved state (failed)")
+    monkeypatch.setattr(restore, "start_guest", refuse)
+    result = lifecycle.up("12", env.request(f"img={snapshot_image}"), env.config)
+    assert [g.started for g in result.guests] == ["boot"]
+    assert "restore from the node's template failed" in result.snapshot_note
+    assert "restoring from template" in Path(env.config.log_file).read_text()
+    store = TemplateStore(env.config.state_dir)
+    assert not os.path.exists(template.state)
+    assert "could not load" in store.recent_failure(template.key, 600)
+    lifecycle.down("12", env.config)
+    env.assert_nothing_left("12")
+
+
+def test_a_restored_guest_gets_its_job_words_in_its_seed_and_is_recorded_so(
+        env: Env, snapshot_image: str, monkeypatch) -> None:
+    template = fake_template(env)
+    monkeypatch.setattr(restore, "template_for", lambda *a: template)
+    seeds = {}
+
+    def restored(spec, tmpl, host, timeout):
+        assert tmpl is template
+        import pycdlib
+        iso = pycdlib.PyCdlib()
+        iso.open(spec.seed.path)
+        names = [c.rock_ridge.name().decode() for c in iso.list_children(rr_path="/")
+                 if c.rock_ridge]
+        iso.close()
+        seeds[spec.name] = names
+        return host.start_transient(domain_xml(spec))
+    monkeypatch.setattr(restore, "start_guest", restored)
+    result = lifecycle.up("12", env.request(f"img={snapshot_image}"), env.config)
+    assert [g.started for g in result.guests] == ["snapshot"] and result.restored == 1
+    assert result.snapshot_note is None
+    assert journal_starts(env, "12") == ["snapshot"]
+    [names] = seeds.values()
+    assert {"vtorque-cmdline", "vtorque-entropy"} <= set(names)
+
+
+def test_with_snapshots_off_no_template_is_tried(env: Env, snapshot_image: str,
+                                                 monkeypatch) -> None:
+    import dataclasses
+    off = dataclasses.replace(env.config, snapshots=dataclasses.replace(
+        env.config.snapshots, enabled=False))
+    monkeypatch.setattr(restore, "_build", lambda *a, **k: pytest.fail("built a template"))
+    result = lifecycle.up("12", parse_request(f"img={snapshot_image}", off), off)
+    assert [g.started for g in result.guests] == ["boot"] and result.snapshot_note is None
+    assert not os.path.exists(TemplateStore(off.state_dir).root)
+    lifecycle.down("12", off)

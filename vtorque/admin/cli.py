@@ -79,10 +79,13 @@ def cmd_vm_up(args) -> int:
                           "guests": [g.__dict__ for g in result.guests]}))
     else:
         for guest in result.guests:
+            how = " (from the snapshot template)" if guest.started == "snapshot" else ""
             print(f"{guest.name}\trank {guest.rank}\t{guest.hostname}\tready after "
-                  f"{guest.ready_seconds:.1f} s")
+                  f"{guest.ready_seconds:.1f} s{how}")
         print(f"job {result.job_id}: {len(result.guests)} guest(s) up in "
               f"{result.seconds:.1f} s")
+        if result.snapshot_note:
+            print(f"note: not from a snapshot template: {result.snapshot_note}")
     return 0
 
 

@@ -213,7 +213,11 @@ def cmd_image_remove(args) -> int:
             os.unlink(f.path)
         except FileNotFoundError:
             pass
+    from vtorque.vm.template_store import TemplateStore
+    templates = TemplateStore(config.state_dir).remove_image(args.name)
     print(f"image {args.name} removed from {catalog.pool}")
+    if templates:
+        print(f"removed {len(templates)} snapshot template(s) of it from this node")
     if kept:
         print(f"kept {', '.join(kept)}: other images name it")
     if jobs:

@@ -24,6 +24,7 @@ from vtorque.config.sections import (
     Ibverbs,
     Limits,
     Network,
+    Snapshots,
     Timeouts,
 )
 from vtorque.errors import ConfigError, NodeError
@@ -55,6 +56,7 @@ class Config:
     defaults: Defaults
     limits: Limits
     timeouts: Timeouts
+    snapshots: Snapshots
     batch: Batch
     network: Network
     ibverbs: Ibverbs

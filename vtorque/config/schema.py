@@ -123,6 +123,16 @@ SCHEMA: dict[str, dict[str, Field] | Field] = {
         "guest_ready": Field(c.seconds, 180, "one guest, from start to its ready signal"),
         "teardown": Field(c.seconds, 60, "destroying a job's guests and files"),
     },
+    "snapshots": {
+        "enabled": Field(c.boolean, True, "start the guests of images that opt in (snapshot: "
+                         "true in their descriptor) from a template saved on this node "
+                         "instead of booting them; false: every guest boots"),
+        "template_timeout": Field(c.seconds, 180, "building one template: its boot to the "
+                                  "snapshot point and the save"),
+        "retry_after": Field(c.seconds, 600, "after a template failed to build or restore, "
+                             "guests of its shape boot for this long before it is tried "
+                             "again"),
+    },
     "batch": {
         "system": Field(c.choice(("auto", "torque", "openpbs", "slurm")), "auto",
                         "batch system: torque, openpbs, slurm, or auto (by the commands "

@@ -43,6 +43,13 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class Snapshots:
+    enabled: bool
+    template_timeout: float           # seconds
+    retry_after: float                # seconds
+
+
+@dataclass(frozen=True)
 class Batch:
     system: str
     bin_dir: str
@@ -80,4 +87,5 @@ class Ibverbs:
 
 
 SECTIONS = {"host_reserve": HostReserve, "defaults": Defaults, "limits": Limits,
-            "timeouts": Timeouts, "batch": Batch, "network": Network, "ibverbs": Ibverbs}
+            "timeouts": Timeouts, "snapshots": Snapshots, "batch": Batch, "network": Network,
+            "ibverbs": Ibverbs}

@@ -173,6 +173,7 @@ class Catalog:
             initrd=self._file(name, shape.file_entry("initrd", is_disk=False)),
             cmdline=shape.cmdline(),
             host_share=shape.flag("host_share"),
+            snapshot=shape.flag("snapshot"),
         )
 
     def _file(self, name: str, entry: tuple[str, str, str | None] | None) -> ImageFile | None:

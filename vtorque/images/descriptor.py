@@ -14,7 +14,7 @@ _CMDLINE_MAX = 1024
 _FILE_KEYS = ("file", "sha256")
 _DISK_KEYS = ("file", "format", "sha256")
 TOP_KEYS = ("name", "kind", "distro", "arch", "kernel", "initrd", "cmdline", "disk",
-            "host_share")
+            "host_share", "snapshot")
 
 
 class Shape:

@@ -43,6 +43,8 @@ class Image:
     # The admin lets guests of this image mount the node's root file system read-only
     # (9p, tag "hostroot") to run the node's own software: sshd, Open MPI (test guests).
     host_share: bool = False
+    # The admin lets guests of this image start from a saved template (vm/snapshot.py).
+    snapshot: bool = False
 
     def files(self) -> list[tuple[str, ImageFile]]:
         """(role, file) of every file the image uses: disk, kernel, initrd."""

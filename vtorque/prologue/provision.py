@@ -110,13 +110,14 @@ def _provision(ctx: JobContext, config: Config) -> tuple[Outcome, list | None]:
     guests = [{"rank": g.rank, "name": g.name, "hostname": g.hostname, "mac": g.mac,
                "kind": result.image_kind, "address": g.address,
                "ready_seconds": g.ready_seconds, "image": result.image_name,
-               "digest": result.image_digest} for g in result.guests]
+               "digest": result.image_digest, "started": g.started} for g in result.guests]
     handoff.publish(config, ctx.job_id, handoff.NodeStatus(
         name, handoff.READY, guests=guests, run=ctx.run_count, rdma=result.rdma))
-    log.info("job %s: %d guest(s) ready on %s in %.1f s", ctx.job_id, len(guests), name,
-             result.seconds)
+    log.info("job %s: %d guest(s) ready on %s in %.1f s (%d from the node's snapshot "
+             "template)", ctx.job_id, len(guests), name, result.seconds, result.restored)
     events.record(config, ctx.job_id, "ready", seconds=round(result.seconds, 3),
-                  guests=len(guests), image=result.image_name, digest=result.image_digest)
+                  guests=len(guests), image=result.image_name, digest=result.image_digest,
+                  restored=result.restored)
     return Outcome.run(), job_guests
 
 
@@ -298,8 +299,10 @@ def _what_runs(own: handoff.NodeStatus, everyone, nodes: int) -> str:
     mine = next((g for g in own.guests if isinstance(g, dict)), {})
     boots = [g["ready_seconds"] for g in guests
              if isinstance(g.get("ready_seconds"), (int, float))]
+    restored = sum(g.get("started") == "snapshot" for g in guests)
     return events.accounting_note(mine.get("image"), mine.get("digest"),
-                                  max(boots) if boots else None, nodes=nodes)
+                                  max(boots) if boots else None, nodes=nodes,
+                                  restored=(restored, len(guests)))
 
 
 def _mixed_transports(statuses: dict[str, handoff.NodeStatus]) -> list[handoff.NodeStatus]:

@@ -3,12 +3,14 @@ treats "already gone" as success when destroying (as nova's host.py does)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 import libvirt
+import libvirt_qemu
 
 from vtorque.errors import HypervisorError
 from vtorque.vm.spec import METADATA_NS
@@ -114,6 +116,99 @@ class Host:
                                           f"{_message(exc)}") from None
                 time.sleep(0.5 * (attempt + 1))
         raise AssertionError("unreachable")
+
+    def versions(self) -> tuple[int, int]:
+        """(hypervisor, libvirt) versions as libvirt reports them (major*1e6 + minor*1e3
+        + release): a saved guest state is only loaded by the QEMU that saved it."""
+        try:
+            return self._conn.getVersion(), self._conn.getLibVersion()
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"cannot read the hypervisor's version: {_message(exc)}") \
+                from None
+
+    def definition(self, name: str) -> str:
+        """The domain's XML as defined (PCI addresses included, nothing of the run)."""
+        try:
+            return self._conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"cannot read guest {name}'s XML: {_message(exc)}") from None
+
+    def save(self, name: str, path: str) -> None:
+        """Save the running domain's state to `path` (libvirt's save image); the domain
+        is gone afterwards."""
+        try:
+            self._conn.lookupByName(name).save(path)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"cannot save guest {name}: {_message(exc)}") from None
+
+    def start_restored(self, xml: str, state_fd: int, timeout: float) -> str:
+        """Create a paused domain from `xml` (which makes QEMU wait for incoming state),
+        load the saved state QEMU reads from `state_fd` (positioned at the migration
+        stream), and return its UUID, still paused. A failure destroys the domain."""
+        try:
+            dom = self._conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"libvirt refused to start the restored guest: "
+                                  f"{_message(exc)}") from None
+        try:
+            self._qmp(dom, "getfd", {"fdname": "vtorque-state"}, files=[state_fd])
+            self._qmp(dom, "migrate-incoming", {"uri": "fd:vtorque-state"})
+            deadline = time.monotonic() + timeout
+            while True:
+                status = self._qmp(dom, "query-migrate").get("status")
+                if status == "completed":
+                    break
+                if status in ("failed", "cancelled"):
+                    raise HypervisorError(f"QEMU could not load the saved state ({status})")
+                if time.monotonic() > deadline:
+                    raise HypervisorError(f"loading the saved state took more than "
+                                          f"{timeout:g} s")
+                time.sleep(0.02)
+            return dom.UUIDString()
+        except BaseException:
+            try:
+                dom.destroy()
+            except libvirt.libvirtError:
+                pass
+            raise
+
+    def attach(self, name: str, device_xml: str) -> None:
+        """Hot-plug a device into the running (or paused) domain."""
+        try:
+            self._conn.lookupByName(name).attachDeviceFlags(
+                device_xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"cannot hot-plug a device into guest {name}: "
+                                  f"{_message(exc)}") from None
+
+    def resume(self, name: str) -> None:
+        try:
+            self._conn.lookupByName(name).resume()
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"cannot resume guest {name}: {_message(exc)}") from None
+
+    @staticmethod
+    def _qmp(dom, command: str, arguments: dict | None = None,
+             files: list[int] | None = None) -> dict:
+        """One QEMU monitor command through libvirt (the domain is then marked tainted
+        as 'custom-monitor' in libvirt's log: vtorque uses it only to load saved state)."""
+        text = json.dumps({"execute": command, "arguments": arguments or {}})
+        try:
+            if files:
+                reply, _ = libvirt_qemu.qemuMonitorCommandWithFiles(dom, text, files, 0)
+            else:
+                reply = libvirt_qemu.qemuMonitorCommand(dom, text, 0)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"QEMU refused {command}: {_message(exc)}") from None
+        try:
+            answer = json.loads(reply)
+        except ValueError:
+            raise HypervisorError(f"QEMU's answer to {command} is not JSON") from None
+        if not isinstance(answer, dict) or "error" in answer:
+            detail = answer.get("error", {}).get("desc", "") if isinstance(answer, dict) else ""
+            raise HypervisorError(f"QEMU refused {command}: {str(detail)[:200]}")
+        result = answer.get("return", {})
+        return result if isinstance(result, dict) else {}
 
     def state(self, name: str) -> str | None:
         """'running', 'shutoff', ... or None when no such domain exists."""

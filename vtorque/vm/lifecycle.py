@@ -35,13 +35,15 @@ from vtorque.files import ensure_trusted_dir, make_dir, remove_file, remove_tree
 from vtorque.images import Catalog, Image
 from vtorque.journal import JobPaths, Journal
 from vtorque.request import VmRequest, check_fits_node, check_image_matches, image_name
-from vtorque.vm import disks, identity, readiness
+from vtorque.log import node_logger
+from vtorque.vm import disks, identity, readiness, restore, snapshot
 from vtorque.vm.addresses import AddressBlock
 from vtorque.vm.host import Host
 from vtorque.vm.render import domain_xml, network_filters
 from vtorque.vm.seed import SeedExtras, seed_documents, write_seed_iso
 from vtorque.vm.shares import ShareSpec
 from vtorque.vm.spec import GuestSpec, build_guest_specs
+from vtorque.vm.template_store import Template
 
 LOCK_TIMEOUT = 30.0
 # Per guest on-disk need beyond the overlay's growth: seed, console log, qcow2 metadata.
@@ -58,6 +60,7 @@ class Guest:
     mac: str | None = None
     ready_seconds: float | None = None
     address: str | None = None
+    started: str = "boot"       # boot | snapshot (restored from the node's template)
 
 
 @dataclass
@@ -69,6 +72,13 @@ class UpResult:
     rdma: str | None = None          # the RDMA transport the guests got here
     image_name: str | None = None
     image_digest: str | None = None  # sha256 of the image's disk (or kernel)
+    # Why no guest here started from a snapshot template (None: they did, or were not
+    # meant to: the image does not opt in, or snapshots are off).
+    snapshot_note: str | None = None
+
+    @property
+    def restored(self) -> int:
+        return sum(g.started == "snapshot" for g in self.guests)
 
 
 def paths_for(job_id: str, config: Config) -> JobPaths:
@@ -224,19 +234,36 @@ def _provision(paths: JobPaths, specs: list[GuestSpec], host: Host, config: Conf
     if any(spec.nic and spec.nic.peers for spec in specs):
         host.ensure_filters(network_filters())
     timeouts = config.timeouts
+    log = node_logger(config)
+    template, note = _template(specs[0], image, host, config)
+    started_from: dict[str, str] = {}
 
     def start_one(spec: GuestSpec) -> None:
         # Write-ahead: the journal names the domain before it can exist.
         journal.record("guest-starting", domain=spec.name, rank=spec.rank)
         made = disks.create_disks(spec, timeout=timeouts.provision)
         if spec.seed is not None:
-            write_seed_iso(spec.seed.path,
-                           seed_documents(spec, extras(spec) if extras else None),
-                           uid=spec.qemu_uid, gid=spec.qemu_gid)
+            documents = seed_documents(spec, extras(spec) if extras else None)
+            if template is not None:
+                documents.update(snapshot.restore_documents(spec))
+            write_seed_iso(spec.seed.path, documents, uid=spec.qemu_uid, gid=spec.qemu_gid)
             made.append(spec.seed.path)
-        uuid = host.start_transient(domain_xml(spec))
+        uuid = None
+        if template is not None:
+            try:
+                uuid = restore.start_guest(spec, template, host, timeouts.provision)
+                started_from[spec.name] = "snapshot"
+            except (VtorqueError, OSError) as exc:
+                # Never the job's failure: this guest boots, the template is dropped.
+                log.warning("job %s guest %s: restoring from template %s failed, booting "
+                            "it instead: %s", paths.job_id, spec.name, template.key, exc)
+                restore.forget(template, config, str(exc))
+        if uuid is None:
+            uuid = host.start_transient(domain_xml(spec))
+            started_from[spec.name] = "boot"
         journal.record("guest-started", domain=spec.name, rank=spec.rank, uuid=uuid,
-                       files=made, qemu_pid=host.qemu_pid(spec.name))
+                       files=made, qemu_pid=host.qemu_pid(spec.name),
+                       start=started_from[spec.name])
 
     with ThreadPoolExecutor(max_workers=len(specs)) as pool:
         errors = [f.exception() for f in [pool.submit(start_one, s) for s in specs]]
@@ -257,9 +284,30 @@ def _provision(paths: JobPaths, specs: list[GuestSpec], host: Host, config: Conf
     journal.record("job-ready", seconds=round(time.monotonic() - started, 3))
     guests = [Guest(s.job_id, s.rank, s.name, s.hostname, "running",
                     s.nic.mac if s.nic else None, round(ready[s.name], 3),
-                    s.nic.address if s.nic else None) for s in specs]
+                    s.nic.address if s.nic else None, started_from.get(s.name, "boot"))
+              for s in specs]
+    if template is not None and any(g.started == "boot" for g in guests):
+        note = "a restore from the node's template failed (see the node's log)"
     return UpResult(paths.job_id, guests, time.monotonic() - started, specs[0].kind,
-                    specs[0].rdma, specs[0].image_name, specs[0].image_digest)
+                    specs[0].rdma, specs[0].image_name, specs[0].image_digest, note)
+
+
+def _template(spec: GuestSpec, image: Image, host: Host, config: Config
+              ) -> tuple[Template | None, str | None]:
+    """The node's template for this job's guests (built now if need be), or None and,
+    when the image opted in, why its guests boot (also in the node's log)."""
+    try:
+        return restore.template_for(spec, image, host, config), None
+    except restore.SnapshotUnavailable as exc:
+        if not image.snapshot or not config.snapshots.enabled:
+            return None, None
+        node_logger(config).warning("job %s: guests boot instead of starting from a "
+                                    "template: %s", spec.job_id, exc)
+        return None, str(exc)
+    except (VtorqueError, OSError) as exc:   # the store: locked, untrusted, disk full
+        node_logger(config).warning("job %s: no snapshot template, guests boot: %s",
+                                    spec.job_id, exc)
+        return None, str(exc)
 
 
 def down(job_id: str, config: Config) -> list[str]:

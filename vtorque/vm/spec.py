@@ -103,6 +103,10 @@ class GuestSpec:
     # The job owner's uid and gid: they own /data (None without an owner: root does).
     owner_uid: int | None = None
     owner_gid: int | None = None
+    # A snapshot template (vm/snapshot.py): a VM generation ID, which a restored guest's
+    # kernel reseeds on, and spare PCIe ports for the devices a restore hot-plugs.
+    genid: bool = False
+    hotplug_ports: int = 0
 
     @property
     def hostdev_addresses(self) -> tuple[tuple[str, str, str, str], ...]:
