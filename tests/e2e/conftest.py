@@ -76,6 +76,9 @@ def write_config(directory: Path, pool: str, **overrides) -> Path:
         "defaults": {"img": "testguest", "ram": "256M"},
         "timeouts": {"provision": 120, "guest_ready": 90, "teardown": 30, **timeouts},
         "network": network,
+        # Guests boot here (the cold path); tests/e2e/test_snapshot.py and the real batch
+        # systems' clusters start them from templates.
+        "snapshots": {"enabled": False},
         **overrides,
     }
     import yaml

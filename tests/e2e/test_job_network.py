@@ -5,15 +5,13 @@ sshd, probes run inside the guests as the job owner."""
 
 from __future__ import annotations
 
-import pwd
 import shutil
-import subprocess
 import time
 
 import pytest
 
 from tests.e2e.accounts import JOB_USER
-from tests.e2e.conftest import NETNS
+from tests.e2e.guest_ssh import in_guest
 from vtorque.mpi.sshkeys import scope_for
 from vtorque.prologue.guests import bring_up, write_user_files
 from vtorque.request import parse_request
@@ -32,15 +30,6 @@ def net_node(make_node, job_user):
     for job in ("301", "302"):
         addresses.release(node.config, job)
     shutil.rmtree(node.config.batch.shared_state_dir, ignore_errors=True)
-
-
-def in_guest(user_dir: str, guest: str, command: str) -> subprocess.CompletedProcess:
-    account = pwd.getpwnam(JOB_USER)
-    return subprocess.run(
-        ["ip", "netns", "exec", NETNS, "setpriv", f"--reuid={account.pw_uid}",
-         f"--regid={account.pw_gid}", "--init-groups", "--", "/usr/bin/ssh", "-F",
-         f"{user_dir}/ssh_config", guest, command],
-        capture_output=True, text=True, timeout=60)
 
 
 def can_connect(address: str) -> str:

@@ -88,7 +88,9 @@ def test_a_vm_job_runs_mpi_across_both_nodes_guests(openpbs, jobs):
     assert openpbs.offline() == {}
     # The note the primary's prologue set as the job's comment (the server writes its own
     # when the job ends) stays in the job's log, tracejob's source.
-    assert f"{job_id};vtorque: image=testguest sha256=" in openpbs.mom_log(openpbs.nodes[0])
+    log = openpbs.mom_log(openpbs.nodes[0])
+    assert f"{job_id};vtorque: image=testguest sha256=" in log
+    assert " restored=2/2 " in log                 # both guests from their node's template
 
 
 def test_an_image_withdrawn_after_submission_deletes_the_job(openpbs, jobs, test_pool):

@@ -186,6 +186,9 @@ def test_vm_job_runs_mpi_in_its_guests(slurm_vm):
     assert f"rank0=vt{job}-0 uid={JOB_UID}" in text
     hosts = sorted(line.split("host=")[1] for line in text.splitlines() if "host=" in line)
     assert hosts == [f"vt{job}-0", f"vt{job}-1"]
+    # The test image opts in to snapshot starts: the prolog built the node's template and
+    # restored both guests from it; the job's record says so.
+    assert "restored=2/2" in slurm_vm.job(job)["_raw"], info["_raw"]
     slurm_vm.wait("teardown", lambda: slurm_vm.leftovers(job) == [], timeout=60)
 
 

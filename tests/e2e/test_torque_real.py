@@ -98,6 +98,9 @@ def test_a_vm_job_runs_mpi_across_both_nodes_guests(torque, jobs):
     assert torque.offline() == {}
     # The job's record says what it ran on (qstat -f comment, kept after completion).
     assert job["comment"].startswith("vtorque: image=testguest sha256="), job["comment"]
+    # The test image opts in to snapshot starts: every guest was restored from its
+    # node's template (built by this job's prologues).
+    assert " restored=4/4 " in job["comment"], job["comment"]
     trace = torque.tracejob(job_id)
     assert "Exit_status=3" in trace, trace
 

@@ -249,6 +249,7 @@ def _provision(paths: JobPaths, specs: list[GuestSpec], host: Host, config: Conf
             write_seed_iso(spec.seed.path, documents, uid=spec.qemu_uid, gid=spec.qemu_gid)
             made.append(spec.seed.path)
         uuid = None
+        begun = time.monotonic()
         if template is not None:
             try:
                 uuid = restore.start_guest(spec, template, host, timeouts.provision)
@@ -263,7 +264,8 @@ def _provision(paths: JobPaths, specs: list[GuestSpec], host: Host, config: Conf
             started_from[spec.name] = "boot"
         journal.record("guest-started", domain=spec.name, rank=spec.rank, uuid=uuid,
                        files=made, qemu_pid=host.qemu_pid(spec.name),
-                       start=started_from[spec.name])
+                       start=started_from[spec.name],
+                       seconds=round(time.monotonic() - begun, 3))
 
     with ThreadPoolExecutor(max_workers=len(specs)) as pool:
         errors = [f.exception() for f in [pool.submit(start_one, s) for s in specs]]

@@ -42,7 +42,9 @@ def template_for(spec: GuestSpec, image: Image, host: Host, config: Config) -> T
     shape = snapshot.shape_of(spec, image, host.versions())
     store = TemplateStore(config.state_dir)
     key = shape.key()
-    with store.locked(key) as directory:
+    # A job waits for another job's build of the same template at most as long as a build
+    # may take; then its guests boot.
+    with store.locked(key, config.snapshots.template_timeout + 30) as directory:
         found = store.find(shape)
         if found:
             return found
