@@ -24,6 +24,7 @@ class Defaults:
     disk: int                         # MiB
     vrdma: bool
     fs_type: str
+    hugepages: int                    # page size in MiB, 0 = ordinary memory
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,12 @@ class Network:
 
 
 @dataclass(frozen=True)
+class Numa:
+    bind: bool
+    sysfs_root: str
+
+
+@dataclass(frozen=True)
 class Ibverbs:
     sriov: bool
     soft_roce: bool
@@ -80,4 +87,5 @@ class Ibverbs:
 
 
 SECTIONS = {"host_reserve": HostReserve, "defaults": Defaults, "limits": Limits,
-            "timeouts": Timeouts, "batch": Batch, "network": Network, "ibverbs": Ibverbs}
+            "timeouts": Timeouts, "batch": Batch, "network": Network, "numa": Numa,
+            "ibverbs": Ibverbs}
