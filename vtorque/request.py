@@ -14,11 +14,17 @@ from dataclasses import asdict, dataclass
 from vtorque.config import ARCHES, FS_TYPES, Config
 from vtorque.errors import ImageError, RequestError
 from vtorque.text import one_line, shown
-from vtorque.units import format_mib, parse_bool, parse_size_mib
+from vtorque.units import (
+    format_hugepages,
+    format_mib,
+    parse_bool,
+    parse_hugepages,
+    parse_size_mib,
+)
 
 # The keys users know from vTorque, in the order help texts list them.
 VM_KEYS = ("img", "distro", "arch", "vcpus", "ram", "vms_per_node", "vcpu_pinning", "disk",
-           "vm_prologue", "vm_epilogue", "vrdma", "fs_type")
+           "vm_prologue", "vm_epilogue", "vrdma", "fs_type", "hugepages")
 
 KEY_HELP = {
     "img": "authorized image name from the site's pool",
@@ -33,6 +39,8 @@ KEY_HELP = {
     "vm_epilogue": "script path inside the guest, run as you after the job",
     "vrdma": "RDMA device in every guest (yes/no)",
     "fs_type": "where guest disks live on the node: sharedfs or ramdisk",
+    "hugepages": "guest RAM from the node's huge pages: yes (2M pages), 2M, 1G or no; "
+                 "ram must be a whole number of pages",
 }
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -57,6 +65,7 @@ class VmRequest:
     vm_epilogue: str | None
     vrdma: bool
     fs_type: str
+    hugepage_mib: int = 0      # page size backing guest RAM; 0: ordinary memory
 
     def to_text(self) -> str:
         """Canonical `key=value,...` form; parse_request(to_text()) gives the same request."""
@@ -74,6 +83,8 @@ class VmRequest:
                 items.append(("ram", format_mib(self.ram_mib)))
             elif key == "disk":
                 items.append(("disk", format_mib(self.disk_mib) if self.disk_mib else "0"))
+            elif key == "hugepages":
+                items.append(("hugepages", format_hugepages(self.hugepage_mib)))
             else:
                 value = data[key]
                 if value is None:
@@ -219,6 +230,21 @@ def build_request(pairs: Mapping[str, str], config: Config) -> VmRequest:
         # vTorque accepted a pinning file; a user-writable file cannot steer root.
         raise RequestError("-vm vcpu_pinning takes yes or no; pinning files are not "
                            "supported", key="vcpu_pinning")
+    ram_mib = size("ram", d.ram, lim.min_ram, lim.ram, "limits.ram")
+    hugepage_mib = d.hugepages
+    if "hugepages" in pairs:
+        try:
+            hugepage_mib = parse_hugepages(pairs["hugepages"])
+        except ValueError as exc:
+            raise RequestError(f"-vm hugepages={shown(pairs['hugepages'])}: {exc}",
+                               key="hugepages") from None
+    if hugepage_mib and ram_mib % hugepage_mib:
+        # QEMU maps guest RAM in whole pages; a partial page would be refused on the node.
+        given = "" if "hugepages" in pairs else " (the site's default)"
+        raise RequestError(f"-vm ram={format_mib(ram_mib)} is not a whole number of "
+                           f"{format_mib(hugepage_mib)} huge pages (hugepages="
+                           f"{format_mib(hugepage_mib)}{given}): ask for a multiple of "
+                           f"{format_mib(hugepage_mib)}, or another page size", key="ram")
     vrdma = boolean("vrdma", d.vrdma)
     if vrdma and not config.ibverbs.sriov and not config.ibverbs.soft_roce:
         raise RequestError("-vm vrdma=yes: this cluster gives guests no RDMA "
@@ -228,7 +254,7 @@ def build_request(pairs: Mapping[str, str], config: Config) -> VmRequest:
         distro=name("distro", d.distro),
         arch=choice("arch", d.arch, ARCHES),
         vcpus=integer("vcpus", d.vcpus, 1, lim.vcpus, "limits.vcpus"),
-        ram_mib=size("ram", d.ram, lim.min_ram, lim.ram, "limits.ram"),
+        ram_mib=ram_mib,
         vms_per_node=integer("vms_per_node", d.vms_per_node, 1, lim.vms_per_node,
                              "limits.vms_per_node"),
         vcpu_pinning=boolean("vcpu_pinning", d.vcpu_pinning),
@@ -237,6 +263,7 @@ def build_request(pairs: Mapping[str, str], config: Config) -> VmRequest:
         vm_epilogue=guest_path("vm_epilogue"),
         vrdma=vrdma,
         fs_type=choice("fs_type", d.fs_type, FS_TYPES),
+        hugepage_mib=hugepage_mib,
     )
 
 

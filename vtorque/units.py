@@ -79,3 +79,28 @@ def parse_slurm_size_mib(text: str) -> int:
         raise ValueError("expected a size such as 1000, 1000M or 4G")
     shift = {"": 20, "K": 10, "M": 20, "G": 30, "T": 40, "P": 50}[(match[2] or "").upper()]
     return (int(match[1]) << shift) >> 20
+
+
+# Huge page sizes a guest's RAM may come from (x86_64: 2 MiB, and 1 GiB where the CPU has
+# pdpe1gb), in MiB. `yes` means 2 MiB: every x86_64 kernel has that pool.
+HUGEPAGE_SIZES_MIB = (2, 1024)
+
+
+def parse_hugepages(text: str) -> int:
+    """'yes', 'no', '2M', '1G' (and the other yes/no words) -> page size in MiB, 0 = off."""
+    try:
+        return HUGEPAGE_SIZES_MIB[0] if parse_bool(text) else 0
+    except ValueError:
+        pass
+    try:
+        mib = parse_size_mib(text)
+    except ValueError:
+        mib = 0
+    if mib not in HUGEPAGE_SIZES_MIB:
+        raise ValueError("expected yes, no or a huge page size: 2M or 1G")
+    return mib
+
+
+def format_hugepages(mib: int) -> str:
+    """Page size in MiB (0 = off) -> 'no', '2M', '1G'."""
+    return format_mib(mib) if mib else "no"

@@ -127,21 +127,25 @@ cmdline: "console=ttyS0"
 @pytest.fixture
 def make_specs(make_config: Callable[..., Config]) -> Callable[..., list[GuestSpec]]:
     """make_specs('linux', 'vms_per_node=2', network={'mode': 'bridge'}) -> guest specs with
-    fixed paths, tokens and ids (state_dir /var/lib/vtorque/jobs, never created)."""
+    fixed paths, tokens and ids (state_dir /var/lib/vtorque/jobs, never created);
+    `job_cores` and `topology` (vm/numa.py) place them."""
     def make(kind: str, request: str = "vcpus=1", *, job_id: str = "12.server",
              first_rank: int = 0, domain_type: str = "kvm", image: Image | None = None,
              addresses: Any = None, rdma: str | None = None,
-             functions: dict[int, str] | None = None, **overrides: Any) -> list[GuestSpec]:
+             functions: dict[int, str] | None = None, job_cores: Any = None,
+             topology: Any = None, **overrides: Any) -> list[GuestSpec]:
+        from vtorque.vm.numa import guest_placements
         cfg = make_config({"state_dir": FIXED_STATE, "ramdisk_dir": FIXED_RAMDISK,
                            **overrides})
         req = parse_request(request, cfg)
+        placements = guest_placements(cfg, req, job_cores, topology)
         paths = JobPaths.for_job(job_id, cfg.state_dir, cfg.ramdisk_dir)
         return build_guest_specs(
             paths=paths, request=req, image=image or fixed_image(kind), config=cfg,
             domain_type=domain_type, first_rank=first_rank,
             tokens=[fixed_token(i) for i in range(req.vms_per_node)],
             qemu_uid=QEMU_UID, qemu_gid=QEMU_GID, addresses=addresses, rdma=rdma,
-            functions=functions)
+            functions=functions, placements=placements)
     return make
 
 

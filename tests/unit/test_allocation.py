@@ -366,8 +366,8 @@ class Started:
         def bring_up(job_id: str, request: Any, config: Any, **kwargs: Any) -> Any:
             self.calls.append((request.vcpus, request.ram_mib))
             guest = SimpleNamespace(rank=0, name="vt-0", hostname="vm0", address=None,
-                                    mac="52:54:00:00:00:01", ready_seconds=0.5)
-            return SimpleNamespace(guests=[guest], seconds=0.1, image_kind="kernel",
+                                    mac="52:54:00:00:00:01", ready_seconds=0.5, started="boot")
+            return SimpleNamespace(guests=[guest], seconds=0.1, restored=0, image_kind="kernel",
                                    image_name="x", image_digest="0" * 64, rdma=None), []
         monkeypatch.setattr(guests, "bring_up", bring_up)
 

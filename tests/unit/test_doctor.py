@@ -78,8 +78,6 @@ def test_parsers() -> None:
             "pc-i440fx-7.2)\npc-i440fx-7.2 Standard PC\nq35  Standard PC (Q35 + ICH9, 2009) "
             "(alias of pc-q35-7.2)\nnone empty machine\n")
     assert {"pc", "q35", "pc-q35-7.2", "none"} <= doctor.machine_types(text)
-    assert doctor.meminfo("HugePages_Total:       4\nHugepagesize:    2048 kB\n") == \
-        {"HugePages_Total": 4, "Hugepagesize": 2048}
     assert doctor.libvirt_versions("Running hypervisor: QEMU 7.2.22\nRunning against "
                                    "daemon: 9.0.0\n") == "libvirtd 9.0.0, hypervisor QEMU 7.2.22"
     assert doctor_hooks.slurm_conf_hooks("Prolog=/a/prolog # x\nepilog = /a/epilog\n"
@@ -151,3 +149,42 @@ def test_a_broken_config_fails_with_its_problems(tmp_path: Path, capsys: Any) ->
     [check] = json.loads(capsys.readouterr().out)
     assert check["name"] == "config" and check["status"] == "fail"
     assert "hypervisor" in check["detail"] and "bogus" in check["detail"]
+
+
+def test_huge_page_pools_per_size_and_numa_node(make_config: Any, tmp_path: Path) -> None:
+    from tests.standins import fake_numa
+    from vtorque.request import parse_request
+    from vtorque.vm import hugepage_reservations
+    from vtorque.vm.numa import guest_placements, read_topology
+    root = tmp_path / "sysroot"
+    fake_numa.add_nodes(root, ["0-3", "4-7"])
+    fake_numa.set_pool(root, 2048, [(512, 500), (512, 512)], reserved=8)
+    fake_numa.set_pool(root, 1 << 20, [(0, 0), (0, 0)])
+    (root / "sys/kernel/mm/transparent_hugepage").mkdir(parents=True)
+    (root / "sys/kernel/mm/transparent_hugepage/enabled").write_text(
+        "always [madvise] never\n")
+    cfg = make_config({"numa": {"sysfs_root": str(root)}})
+    request = parse_request("vcpus=2,ram=64M,hugepages=2M", cfg)
+    hugepage_reservations.reserve(cfg, "7.srv", request, guest_placements(
+        cfg, request, (4, 5), read_topology(str(root))), "n1")
+    check = doctor.check_hugepages(cfg)
+    assert check.status == "ok"
+    assert check.detail == (
+        "2 MiB pages: 1024 in all, 1012 free, 8 reserved, 32 held for guests being started "
+        "(NUMA node 0: 500 of 512 free, NUMA node 1: 512 of 512 free); 1 GiB pages: 0 in "
+        "all, 0 free, 0 reserved (NUMA node 0: 0 of 0 free, NUMA node 1: 0 of 0 free); "
+        "transparent huge pages: madvise")
+    site = make_config({"numa": {"sysfs_root": str(root)},
+                        "defaults": {"hugepages": "1G", "ram": "1G"}})
+    check = doctor.check_hugepages(site)
+    assert check.status == "fail" and "defaults.hugepages is 1G" in check.detail
+    assert "hugepagesz=1G" in check.fix
+
+
+def test_a_node_without_huge_pages(make_config: Any, tmp_path: Path) -> None:
+    cfg = make_config({"numa": {"sysfs_root": str(tmp_path)}})
+    check = doctor.check_hugepages(cfg)
+    assert (check.status, check.detail) == ("ok", "no huge page pools; transparent huge "
+                                            "pages: unavailable; jobs asking -vm hugepages "
+                                            "are refused here")
+    assert doctor.check_hugepages(make_config()).status in ("ok", "fail")

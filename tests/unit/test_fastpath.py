@@ -403,8 +403,8 @@ def _prologue(cfg: Any, monkeypatch: pytest.MonkeyPatch, vm: str | None) -> list
     def bring_up(job_id: str, request: Any, config: Any, **kwargs: Any) -> Any:
         seen.append(markers.marked(config, job_id))
         guest = SimpleNamespace(rank=0, name="vt-0", hostname="vm0", mac="52:54:00:00:00:01",
-                                address=None, ready_seconds=0.5)
-        return SimpleNamespace(guests=[guest], seconds=0.1, image_kind="kernel",
+                                address=None, ready_seconds=0.5, started="boot")
+        return SimpleNamespace(guests=[guest], seconds=0.1, restored=0, image_kind="kernel",
                                image_name="testguest", image_digest="0" * 64, rdma=None), []
     monkeypatch.setattr(guests, "bring_up", bring_up)
     ctx = JobContext(scheduler="torque", job_id=JOB, user="root", group="root",

@@ -210,7 +210,8 @@ def _check_node_ranks(job_id: str, request: Any, config: Any, nodes: tuple[str, 
     """Node i (by its position in the batch node list) starts ranks i*vms .. i*vms+vms-1."""
     started: dict[str, list[int]] = {}
 
-    def fake_check(job: str, req: Any, cfg: Any, catalog: Any = None) -> lifecycle.Plan:
+    def fake_check(job: str, req: Any, cfg: Any, catalog: Any = None, *,
+                   job_cores: Any = None) -> lifecycle.Plan:
         return lifecycle.Plan(job, req, None)
 
     def fake_start(plan: lifecycle.Plan, cfg: Any, *, first_rank: int = 0,

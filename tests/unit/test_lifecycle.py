@@ -756,3 +756,83 @@ def test_with_snapshots_off_no_template_is_tried(env: Env, snapshot_image: str,
     assert [g.started for g in result.guests] == ["boot"] and result.snapshot_note is None
     assert not os.path.exists(TemplateStore(off.state_dir).root)
     lifecycle.down("12", off)
+
+
+# --- huge pages and NUMA ----------------------------------------------------------------------
+
+@pytest.fixture
+def numa_env(env: Env, tmp_path: Path) -> Env:
+    """The env on a two-node machine (cores 0-3, 4-7) with 1 GiB pages: 2 free on node 0,
+    4 on node 1."""
+    import dataclasses
+
+    from tests.standins import fake_numa
+    root = tmp_path / "sysroot"
+    fake_numa.add_nodes(root, ["0-3", "4-7"])
+    fake_numa.set_pool(root, 1 << 20, [(2, 2), (4, 4)])
+    env.root = root
+    env.config = dataclasses.replace(env.config, numa=dataclasses.replace(
+        env.config.numa, sysfs_root=str(root)))
+    return env
+
+
+def test_a_pool_too_small_is_refused_before_anything_is_made(numa_env: Env) -> None:
+    from vtorque.errors import ResourceError
+    from vtorque.vm import hugepage_reservations
+    request = numa_env.request("img=testguest,vcpus=2,ram=3G,hugepages=1G")
+    with pytest.raises(ResourceError, match="needs 3 pages of 1 GiB on NUMA node 0 for 1 "
+                                            "guest\\(s\\) x 3G, node \\S+ has 2 free there"):
+        lifecycle.check("12", request, numa_env.config, job_cores=(0, 1))
+    assert hugepage_reservations.holding_jobs(numa_env.config) == set()
+    numa_env.assert_nothing_left("12")
+    lifecycle.check("12", request, numa_env.config, job_cores=(4, 5))
+
+
+def test_guests_on_huge_pages_and_their_nodes_leave_nothing(numa_env: Env) -> None:
+    from vtorque.vm import hugepage_reservations
+    request = numa_env.request("img=testguest,vcpus=2,ram=2G,hugepages=1G,vcpu_pinning=yes")
+    plan = lifecycle.check("12", request, numa_env.config, job_cores=(5, 6))
+    lifecycle.start(plan, numa_env.config)
+    [dom] = numa_env.host.tagged_domains("12")
+    xml = numa_env.host._conn.lookupByName(dom.name).XMLDesc(0)
+    assert "<page size='1048576' unit='KiB'/>" in xml
+    assert "<memory mode='strict' nodeset='1'/>" in xml
+    assert "<vcpupin vcpu='1' cpuset='6'/>" in xml
+    table = hugepage_reservations.ledger(numa_env.config).read()
+    assert table["12"]["pages"] == {"1": 2} and table["12"]["started"] is True
+    lifecycle.down("12", numa_env.config)
+    numa_env.assert_nothing_left("12")
+    assert hugepage_reservations.holding_jobs(numa_env.config) == set()
+
+
+def test_a_failed_start_gives_the_pages_back(numa_env: Env, monkeypatch) -> None:
+    from vtorque.vm import hugepage_reservations
+
+    def boom(self, xml: str) -> str:
+        assert hugepage_reservations.pending(numa_env.config) == {1 << 20: 2}
+        raise HypervisorError("libvirt said no")
+    monkeypatch.setattr(SharedHost, "start_transient", boom)
+    request = numa_env.request("img=testguest,vcpus=2,ram=2G,hugepages=1G")
+    plan = lifecycle.check("12", request, numa_env.config, job_cores=(0, 1))
+    with pytest.raises(HypervisorError, match="libvirt said no"):
+        lifecycle.start(plan, numa_env.config)
+    assert hugepage_reservations.holding_jobs(numa_env.config) == set()
+    numa_env.assert_nothing_left("12")
+
+
+def test_a_second_job_checked_before_the_first_started_is_refused_at_start(
+        numa_env: Env) -> None:
+    """Both pass check() (nothing is held by then); start() counts again, under the
+    ledger's lock, and refuses the second before making anything of its own."""
+    from vtorque.errors import ResourceError
+    request = numa_env.request("img=testguest,vcpus=2,ram=3G,hugepages=1G")
+    first = lifecycle.check("12", request, numa_env.config, job_cores=(4, 5))
+    second = lifecycle.check("13", request, numa_env.config, job_cores=(6, 7))
+    lifecycle.start(first, numa_env.config)
+    # The first's QEMU would have taken its pages by now: the kernel's count shows them.
+    from tests.standins import fake_numa
+    fake_numa.set_pool(numa_env.root, 1 << 20, [(2, 2), (4, 1)])
+    with pytest.raises(ResourceError, match="on NUMA node 1 .* has 1 free there$"):
+        lifecycle.start(second, numa_env.config)
+    numa_env.assert_nothing_left("13")
+    lifecycle.down("12", numa_env.config)

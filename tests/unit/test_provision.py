@@ -223,7 +223,8 @@ def test_sister_success_runs_and_publishes_ready(sister_config: Any, fake: Recor
     assert status.guests[0] == {"rank": 2, "name": "vtorque-x-2", "hostname": "vt31-2",
                                 "mac": "52:54:00:00:00:02", "kind": "linux",
                                 "address": "10.0.0.7", "ready_seconds": 3.2,
-                                "image": "testguest", "digest": "ab" * 32}
+                                "image": "testguest", "digest": "ab" * 32,
+                                "started": "boot"}
     assert fake.user_files == [] and fake.cleaned == []
 
 
@@ -469,35 +470,39 @@ class _PinCtx:
         return self._allocation
 
 
-def test_pinned_guests_get_the_cores_the_batch_system_gave_the_job(cfg) -> None:
+def test_guests_get_the_cores_the_batch_system_gave_the_job(cfg) -> None:
+    """Every core of the job here, sorted, pinned or not: the guests take their shares
+    by NUMA node (vm/numa.py)."""
     from vtorque.batch.allocation import NodeAllocation
-    from vtorque.prologue.provision import pinning
+    from vtorque.prologue.provision import job_cores
     from vtorque.request import parse_request
     request = parse_request("vcpus=2,vms_per_node=1,vcpu_pinning=yes", cfg)
     ctx = _PinCtx(NodeAllocation(cpus=3, cores=(9, 4, 6), cores_from="CPU_IDs"))
-    assert pinning(ctx, cfg, request, 0) == (request, (4, 6))
+    assert job_cores(ctx, cfg, request, 0) == (request, (4, 6, 9))
+    unpinned = parse_request("vcpus=2,vcpu_pinning=no", cfg)
+    assert job_cores(ctx, cfg, unpinned, 0) == (unpinned, (4, 6, 9))
 
 
 def test_pinning_without_the_jobs_core_ids_runs_unpinned(cfg, caplog) -> None:
     """A record that names no cores (OpenPBS without a cgroup hook): no guess that could
     land on another job's cores."""
     from vtorque.batch.allocation import NodeAllocation
-    from vtorque.prologue.provision import pinning
+    from vtorque.prologue.provision import job_cores
     from vtorque.request import parse_request
     request = parse_request("vcpus=2,vcpu_pinning=yes", cfg)
-    pinned, cores = pinning(_PinCtx(NodeAllocation(cpus=2)), cfg, request, 1)
+    pinned, cores = job_cores(_PinCtx(NodeAllocation(cpus=2)), cfg, request, 1)
     assert (pinned.vcpu_pinning, cores) == (False, None)
     unasked = parse_request("vcpus=2,vcpu_pinning=no", cfg)
-    assert pinning(_PinCtx(NodeAllocation(cpus=2, cores=(0, 1))), cfg, unasked, 0) == \
-        (unasked, None)
+    assert job_cores(_PinCtx(NodeAllocation(cpus=2)), cfg, unasked, 0) == (unasked, None)
+    assert job_cores(_PinCtx(None), cfg, request, 0) == (request, None)
 
 
 def test_pinning_more_vcpus_than_the_jobs_cores_is_the_users_error(cfg) -> None:
     from vtorque.batch.allocation import NodeAllocation
     from vtorque.errors import RequestError
-    from vtorque.prologue.provision import pinning
+    from vtorque.prologue.provision import job_cores
     from vtorque.request import parse_request
     request = parse_request("vcpus=2,vms_per_node=2,vcpu_pinning=yes", cfg)
     with pytest.raises(RequestError, match="need 4 cores on node n1, but the batch "
                                            "system gave this job 2 there"):
-        pinning(_PinCtx(NodeAllocation(cpus=2, cores=(0, 1))), cfg, request, 0)
+        job_cores(_PinCtx(NodeAllocation(cpus=2, cores=(0, 1))), cfg, request, 0)

@@ -173,6 +173,56 @@ def test_golden_vfio_function_and_an_isolated_nic(make_specs) -> None:
                       ("PEERS", "10.0.7.1")]
 
 
+def test_golden_hugepages_guest_on_one_host_node(make_specs) -> None:
+    """1 GiB pages for a guest whose pinned cores are on host node 1 of two: its memory
+    strictly there, allocated as QEMU starts; no guest topology (it fits one node)."""
+    from vtorque.vm.numa import Topology
+    topology = Topology(((0, (0, 1, 2, 3)), (1, (4, 5, 6, 7))))
+    spec = make_specs("linux", "vcpus=2,ram=4G,hugepages=1G,vcpu_pinning=yes",
+                      domain_type="qemu", job_cores=(5, 6), topology=topology)[0]
+    root = check_golden("linux-hugepages-node1.xml", domain_xml(spec))
+    page = root.find("memoryBacking/hugepages/page")
+    assert (page.get("size"), page.get("unit"), page.get("nodeset")) == ("1048576", "KiB",
+                                                                         None)
+    assert root.find("memoryBacking/allocation").get("mode") == "immediate"
+    assert root.find("memoryBacking/locked") is None
+    assert [(p.get("vcpu"), p.get("cpuset")) for p in root.findall("cputune/vcpupin")] == \
+        [("0", "5"), ("1", "6")]
+    memory = root.find("numatune/memory")
+    assert (memory.get("mode"), memory.get("nodeset")) == ("strict", "1")
+    assert root.findall("numatune/memnode") == [] and root.find("cpu") is None
+
+
+def test_golden_two_cell_numa_guest(make_specs) -> None:
+    """A guest whose cores span both host nodes, unequally: two guest cells mirroring
+    them, each bound to its host node; its vCPUs float over their cell's cores."""
+    from vtorque.vm.numa import Topology
+    topology = Topology(((0, (0, 1, 2, 3)), (1, (4, 5, 6, 7))))
+    spec = make_specs("linux", "vcpus=6,ram=6G,hugepages=2M", job_cores=(2, 3, 4, 5, 6, 7),
+                      topology=topology)[0]
+    root = check_golden("linux-two-numa-cells.xml", domain_xml(spec))
+    assert root.find("cpu").get("mode") == "host-passthrough"
+    cells = [(c.get("id"), c.get("cpus"), c.get("memory"), c.get("unit"))
+             for c in root.findall("cpu/numa/cell")]
+    assert cells == [("0", "0-1", "2048", "MiB"), ("1", "2-5", "4096", "MiB")]
+    assert root.find("numatune/memory").get("nodeset") == "0-1"
+    assert [(m.get("cellid"), m.get("mode"), m.get("nodeset"))
+            for m in root.findall("numatune/memnode")] == [("0", "strict", "0"),
+                                                            ("1", "strict", "1")]
+    assert [p.get("cpuset") for p in root.findall("cputune/vcpupin")] == \
+        ["2-3", "2-3", "4-7", "4-7", "4-7", "4-7"]
+    assert root.find("memoryBacking/hugepages/page").get("size") == "2048"
+
+
+def test_huge_pages_with_vfio_share_one_memory_backing(make_specs) -> None:
+    spec = make_specs("linux", "ram=2G,hugepages=yes,vrdma=yes", rdma="sriov",
+                      functions={0: "0000:81:00.3"})[0]
+    root = ET.fromstring(domain_xml(spec))
+    [backing] = root.findall("memoryBacking")
+    assert backing.find("hugepages") is not None and backing.find("locked") is not None
+    assert root.findtext("memtune/hard_limit") == str(2048 + 1024)
+
+
 def test_osv_guests_get_the_sites_mtu_too(make_specs) -> None:
     spec = make_specs("osv", network={"mode": "network", "mtu": 1450})[0]
     root = ET.fromstring(domain_xml(spec))
@@ -182,7 +232,8 @@ def test_osv_guests_get_the_sites_mtu_too(make_specs) -> None:
 @pytest.mark.skipif(REGEN, reason="the golden files are being written")
 def test_golden_files_are_all_used() -> None:
     assert sorted(p.name for p in GOLDEN.glob("*.xml")) == [
-        "kernel-no-network.xml", "linux-overlay-scratch-bridge-pinned.xml",
+        "kernel-no-network.xml", "linux-hugepages-node1.xml",
+        "linux-overlay-scratch-bridge-pinned.xml", "linux-two-numa-cells.xml",
         "linux-vfio-isolated-nic.xml", "osv-direct-kernel.xml", "osv-network.xml"]
 
 
@@ -239,12 +290,25 @@ def test_the_template_decides_nothing(make_specs, kind: str) -> None:
     assert changed.find("os/type").get("arch") == "aarch64"
     assert changed.find("cpu") is None
     assert (changed.find("devices/rng") is not None) == (not spec.rng)
+    # NUMA and huge pages: exactly what the spec says, nothing when it says nothing.
+    plain = ET.fromstring(domain_xml(spec))
+    assert [plain.find(p) for p in ("numatune", "memoryBacking", "cputune")] == [None] * 3
+    from vtorque.vm.numa import Cell
+    numa = ET.fromstring(domain_xml(replace(
+        spec, cpu_mode=None, vcpus=2, vcpu_sets=("9", "9"), numa_nodeset="3", hugepage_kib=4,
+        numa_cells=(Cell(3, (0,), (9,), 512), Cell(4, (1,), (9,), 512)))))
+    assert numa.find("memoryBacking/hugepages/page").get("size") == "4"
+    assert numa.find("numatune/memory").get("nodeset") == "3"
+    assert [m.get("nodeset") for m in numa.findall("numatune/memnode")] == ["3", "4"]
+    assert numa.find("cpu").get("mode") is None
+    assert [c.get("cpus") for c in numa.findall("cpu/numa/cell")] == ["0", "1"]
 
 
 def test_shares_data_disk_and_osv_kernel_are_valid_libvirt_xml(make_specs, fixed,
                                                                 tmp_path: Path) -> None:
     """libvirt's own schema (virt-xml-validate) accepts the 9p shares, the data disk's
-    serial and OSv's direct kernel boot."""
+    serial, OSv's direct kernel boot, huge pages, NUMA binding and guest cells (under KVM
+    and TCG, with VFIO) and every golden file."""
     import shutil
     import subprocess
     validate = shutil.which("virt-xml-validate")
@@ -254,9 +318,23 @@ def test_shares_data_disk_and_osv_kernel_are_valid_libvirt_xml(make_specs, fixed
     osv_image = replace(fixed.image("osv"), kernel=fixed.image("kernel").kernel,
                         cmdline="--rootfs=rofs /libhttpserver-api.so")
     osv = make_specs("osv", network={"mode": "network"}, image=osv_image)[0]
-    for name, spec in (("linux", linux), ("osv", osv)):
-        path = tmp_path / f"{name}.xml"
-        path.write_text(domain_xml(spec))
+    from vtorque.vm.numa import Topology
+    topology = Topology(((0, (0, 1, 2, 3)), (1, (4, 5, 6, 7))))
+    numa_guests = {
+        name: make_specs("linux", request, domain_type=domain_type, job_cores=(2, 3, 4, 5),
+                         topology=topology, **extra)[0]
+        for name, request, domain_type, extra in (
+            ("cells-kvm-pinned", "vcpus=4,ram=4G,hugepages=1G,vcpu_pinning=yes", "kvm", {}),
+            ("cells-tcg-floating", "vcpus=4,ram=2G,hugepages=2M", "qemu", {}),
+            ("one-node", "vcpus=2,vms_per_node=2,ram=1G,hugepages=2M", "qemu", {}),
+            ("vfio-hugepages", "vcpus=2,ram=2G,hugepages=2M,vrdma=yes", "kvm",
+             {"rdma": "sriov", "functions": {0: "0000:81:00.3"}}))}
+    golden = {p.stem: p for p in GOLDEN.glob("*.xml")}
+    for name, spec in (("linux", linux), ("osv", osv), *numa_guests.items(),
+                       *((n, None) for n in golden)):
+        path = golden[name] if spec is None else tmp_path / f"{name}.xml"
+        if spec is not None:
+            path.write_text(domain_xml(spec))
         done = subprocess.run([validate, str(path), "domain"], capture_output=True,
                               text=True, timeout=60)
         assert done.returncode == 0, (name, done.stdout + done.stderr)

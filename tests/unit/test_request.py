@@ -270,13 +270,13 @@ def test_to_text_is_canonical(make_config) -> None:
                             cfg)
     assert request.to_text() == ("img=deb12,arch=x86_64,vcpus=1,ram=2G,vms_per_node=1,"
                                  "vcpu_pinning=no,disk=1T,vm_prologue=/p.sh,vrdma=yes,"
-                                 "fs_type=sharedfs")
+                                 "fs_type=sharedfs,hugepages=no")
 
 
 def test_to_text_without_disk_or_image(cfg) -> None:
     text = parse_request("vcpus=2", cfg).to_text()
     assert text == ("arch=x86_64,vcpus=2,ram=1G,vms_per_node=1,vcpu_pinning=no,disk=0,"
-                    "vrdma=no,fs_type=sharedfs")
+                    "vrdma=no,fs_type=sharedfs,hugepages=no")
     assert parse_request(text, cfg) == parse_request("vcpus=2", cfg)
 
 

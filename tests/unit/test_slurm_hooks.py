@@ -95,8 +95,8 @@ def fake_bring_up(monkeypatch: pytest.MonkeyPatch, error: Exception | None = Non
             raise error
         guest = SimpleNamespace(rank=node_index, name=f"vt-{job_id}-{node_index}",
                                 hostname=f"vm{node_index}", mac="52:54:00:00:00:01",
-                                address=None, ready_seconds=0.5)
-        return SimpleNamespace(guests=[guest], seconds=0.1, image_kind="kernel",
+                                address=None, ready_seconds=0.5, started="boot")
+        return SimpleNamespace(guests=[guest], seconds=0.1, restored=0, image_kind="kernel",
                                image_name="testguest", image_digest="0" * 64,
                                rdma=None), []
     monkeypatch.setattr(guests, "bring_up", bring_up)

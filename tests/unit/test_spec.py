@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from vtorque.journal import JobPaths, job_key
 from vtorque.request import parse_request
 from vtorque.vm.addresses import AddressBlock
+from vtorque.vm.numa import guest_placements
 from vtorque.vm.shares import ShareSpec
 from vtorque.vm.spec import (
     DATA_SERIAL,
@@ -22,7 +23,6 @@ from vtorque.vm.spec import (
     hostname,
     mac_address,
     osv_cmdline,
-    pinned_cores,
 )
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
@@ -226,11 +226,15 @@ def test_pinning(make_specs) -> None:
     assert [s.cpuset for s in unpinned] == [(), ()]
 
 
+def _pinned(cfg, request, job_cores=None) -> list[tuple[int, ...]]:
+    return [p.cores if p.pinned else () for p in guest_placements(cfg, request, job_cores,
+                                                                   None)]
+
+
 def test_pinned_cores_respects_the_reserve(make_config) -> None:
     cfg = make_config({"host_reserve": {"cores": 4}})
-    request = parse_request("vcpus=3,vcpu_pinning=yes", cfg)
-    assert pinned_cores(cfg, request, 0) == (4, 5, 6)
-    assert pinned_cores(cfg, request, 2) == (10, 11, 12)
+    request = parse_request("vcpus=3,vms_per_node=3,vcpu_pinning=yes", cfg)
+    assert _pinned(cfg, request) == [(4, 5, 6), (7, 8, 9), (10, 11, 12)]
 
 
 def test_pinned_guests_take_only_the_jobs_cores(make_config) -> None:
@@ -238,8 +242,7 @@ def test_pinned_guests_take_only_the_jobs_cores(make_config) -> None:
     never a core outside the job's."""
     cfg = make_config({"host_reserve": {"cores": 1}})
     request = parse_request("vcpus=2,vms_per_node=2,vcpu_pinning=yes", cfg)
-    cores = (5, 7, 12, 13)
-    assert [pinned_cores(cfg, request, i, cores) for i in (0, 1)] == [(5, 7), (12, 13)]
+    assert _pinned(cfg, request, (5, 7, 12, 13)) == [(5, 7), (12, 13)]
 
 
 def test_one_token_per_guest_is_required(make_config, fixed) -> None:

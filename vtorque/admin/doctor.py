@@ -231,36 +231,46 @@ def check_space(config) -> list[Check]:
     return out
 
 
-def meminfo(text: str) -> dict[str, int]:
-    """/proc/meminfo as numbers (kB, or a count) (pure)."""
-    out = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if value.split() and value.split()[0].isdigit():
-            out[key.strip()] = int(value.split()[0])
-    return out
-
-
 def check_hugepages(config) -> Check:
+    """Each huge page pool (size, total, free, reserved, per NUMA node) and the pages held
+    for guests being started; a fail when the site's default page size has no pages."""
+    from vtorque.units import format_hugepages
+    from vtorque.vm import hugepage_reservations, hugepages
     try:
-        with open("/proc/meminfo") as handle:
-            info = meminfo(handle.read())
-    except OSError as exc:
-        return Check("huge pages", WARN, f"cannot read /proc/meminfo: {exc.strerror}")
-    total, free = info.get("HugePages_Total", 0), info.get("HugePages_Free", 0)
-    size = info.get("Hugepagesize", 0)
+        pools = hugepages.read_pools(config.numa.sysfs_root)
+        held = hugepage_reservations.pending(config)
+    except VtorqueError as exc:
+        return Check("huge pages", WARN, str(exc))
+    parts = []
+    for pool in pools:
+        text = (f"{hugepages.page_text(pool.page_kib)} pages: {pool.total} in all, "
+                f"{pool.free} free, {pool.reserved} reserved")
+        if held.get(pool.page_kib):
+            text += f", {held[pool.page_kib]} held for guests being started"
+        if pool.nodes:
+            text += " (" + ", ".join(f"NUMA node {n.node}: {n.free} of {n.total} free"
+                                     for n in pool.nodes) + ")"
+        parts.append(text)
     try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as handle:
+        with open(os.path.join(config.numa.sysfs_root,
+                               "sys/kernel/mm/transparent_hugepage/enabled")) as handle:
             thp = re.search(r"\[(\w+)\]", handle.read())
         thp_mode = thp.group(1) if thp else "unknown"
     except OSError:
         thp_mode = "unavailable"
-    detail = (f"{total} huge pages of {size} kB reserved, {free} free; transparent huge "
-              f"pages: {thp_mode}; vtorque's guests use ordinary memory")
-    if total:
-        return Check("huge pages", WARN, detail + f": {total * size // 1024} MiB reserved "
-                     "as huge pages are not available to them",
-                     "release them (sysctl vm.nr_hugepages=0) if no other use needs them")
+    detail = "; ".join(parts or ["no huge page pools"]) + \
+        f"; transparent huge pages: {thp_mode}"
+    default = config.defaults.hugepages
+    if default:
+        pool = hugepages.pool_of(pools, default * 1024)
+        if pool is None or not pool.total:
+            return Check("huge pages", FAIL, detail + f"; defaults.hugepages is "
+                         f"{format_hugepages(default)}, so every VM job needs pages this "
+                         "node does not have", "give the node a pool (sysctl vm.nr_hugepages "
+                         "for 2M pages; hugepagesz=1G hugepages=N on the kernel command line "
+                         "for 1G) or set defaults.hugepages: no")
+    if not any(pool.total for pool in pools):
+        return Check("huge pages", OK, detail + "; jobs asking -vm hugepages are refused here")
     return Check("huge pages", OK, detail)
 
 

@@ -46,16 +46,18 @@ class Verdict:
 
 
 def local_jobs(config: Config) -> set[str]:
-    """Job ids this node holds domains, journals, virtual functions or epilogue marks of
-    (a mark alone: a teardown that did not complete)."""
+    """Job ids this node holds domains, journals, virtual functions, huge pages or
+    epilogue marks of (a mark alone: a teardown that did not complete)."""
     from vtorque import markers
     from vtorque.ibverbs import pool
     from vtorque.node import node_name
+    from vtorque.vm import hugepage_reservations
     from vtorque.vm.host import Host
     jobs: set[str] = set(markers.jobs(config))
     with Host(config.libvirt_uri) as host:
         jobs.update(d.job_id for d in host.tagged_domains(node=node_name(config.node_name)))
     jobs.update(pool.assigned_jobs(config))
+    jobs.update(hugepage_reservations.holding_jobs(config))
     for entry in _job_entries(config):
         job_id = journal_job(config, entry)
         if job_id is not None:

@@ -24,6 +24,7 @@ from vtorque.config.sections import (
     Ibverbs,
     Limits,
     Network,
+    Numa,
     Snapshots,
     Timeouts,
 )
@@ -60,6 +61,7 @@ class Config:
     batch: Batch
     network: Network
     ibverbs: Ibverbs
+    numa: Numa
 
     def with_node_name(self, name: str) -> Config:
         """This config for the node the batch system calls `name` (several node daemons
@@ -148,6 +150,10 @@ def from_raw(raw: Any, path: str = "<string>") -> Config:
             problems.append(f"defaults.{key}: exceeds limits.{key}")
     if values["defaults"]["ram"] < values["limits"]["min_ram"]:
         problems.append("defaults.ram: is below limits.min_ram")
+    page = values["defaults"]["hugepages"]
+    if page and values["defaults"]["ram"] % page:
+        problems.append(f"defaults.ram: not a whole number of defaults.hugepages pages "
+                        f"({page}M)")
     import ipaddress
     net = values["network"]
     if net["pool_first"] > net["pool_last"]:

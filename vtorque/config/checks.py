@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from vtorque.units import parse_bool, parse_size_mib
+from vtorque.units import HUGEPAGE_SIZES_MIB, parse_bool, parse_hugepages, parse_size_mib
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MAC_PREFIX = re.compile(r"[0-9a-f]{2}:[0-9a-f]{2}:[0-9a-f]{2}")
@@ -39,6 +39,15 @@ def size(lo_mib: int) -> Callable[[Any], int]:
             raise ValueError(f"expected at least {lo_mib}M, got {value}")
         return mib
     return check
+
+
+def hugepages(value: Any) -> int:
+    """no/false, yes/true (2 MiB pages), 2M or 1G -> page size in MiB (0 = off)."""
+    if isinstance(value, bool):
+        return HUGEPAGE_SIZES_MIB[0] if value else 0
+    if not isinstance(value, str):
+        raise ValueError("expected no, yes, 2M or 1G")
+    return parse_hugepages(value)
 
 
 def choice(choices: tuple[str, ...]) -> Callable[[Any], str]:

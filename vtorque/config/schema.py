@@ -109,6 +109,8 @@ SCHEMA: dict[str, dict[str, Field] | Field] = {
         "vrdma": Field(c.boolean, False, "RDMA device in every guest"),
         "fs_type": Field(c.choice(FS_TYPES), "sharedfs",
                          "where guest overlays live: sharedfs (state_dir) or ramdisk"),
+        "hugepages": Field(c.hugepages, "no", "guest RAM from the node's huge page pool: "
+                           "no, yes (2M pages), 2M or 1G"),
     },
     "limits": {
         "vcpus": Field(c.integer(1, 4096), 64, "most vCPUs per guest"),
@@ -190,5 +192,12 @@ SCHEMA: dict[str, dict[str, Field] | Field] = {
                                 "manager's host to merge; null: not written"),
         "sysfs_root": Field(c.abs_path, "/", "root under which sys/class/infiniband and "
                             "sys/bus/pci are read (tests point it at a fake tree)"),
+    },
+    "numa": {
+        "bind": Field(c.boolean, True, "keep each guest's vCPUs and memory on the NUMA "
+                      "node(s) of the cores the batch system gave the job (memory strict; a "
+                      "guest spanning host nodes gets a NUMA topology mirroring them)"),
+        "sysfs_root": Field(c.abs_path, "/", "root under which sys/devices/system/node and "
+                            "sys/kernel/mm/hugepages are read (tests point it at a fake tree)"),
     },
 }

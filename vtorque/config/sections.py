@@ -24,6 +24,7 @@ class Defaults:
     disk: int                         # MiB
     vrdma: bool
     fs_type: str
+    hugepages: int                    # page size in MiB, 0 = ordinary memory
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,12 @@ class Network:
 
 
 @dataclass(frozen=True)
+class Numa:
+    bind: bool
+    sysfs_root: str
+
+
+@dataclass(frozen=True)
 class Ibverbs:
     sriov: bool
     soft_roce: bool
@@ -88,4 +95,4 @@ class Ibverbs:
 
 SECTIONS = {"host_reserve": HostReserve, "defaults": Defaults, "limits": Limits,
             "timeouts": Timeouts, "snapshots": Snapshots, "batch": Batch, "network": Network,
-            "ibverbs": Ibverbs}
+            "numa": Numa, "ibverbs": Ibverbs}

@@ -23,11 +23,12 @@ from vtorque.errors import NodeError, VtorqueError
 from vtorque.ibverbs import VF_LEDGER
 from vtorque.journal import JobPaths
 from vtorque.node import node_name
+from vtorque.vm import HUGEPAGE_LEDGER
 
 
 def has_local_state(job_id: str, config: Config) -> bool:
-    """True when this node holds files of the job (job dir, ramdisk dir, user dir, lock)
-    or virtual functions assigned to it.
+    """True when this node holds files of the job (job dir, ramdisk dir, user dir, lock),
+    virtual functions assigned to it or huge pages held for it.
 
     Guests are only ever started after their job directory exists, and teardown keeps the
     directory until every guest is gone, so no local state means no guests here (the
@@ -36,7 +37,11 @@ def has_local_state(job_id: str, config: Config) -> bool:
     if any(os.path.lexists(p) for p in (paths.job_dir, paths.ramdisk_dir,
                                         paths.user_dir, paths.lock)):
         return True
-    # Functions are assigned just before the job directory is made.
+    # Functions are assigned and huge pages held just before the job directory is made.
+    if os.path.exists(os.path.join(config.state_dir, HUGEPAGE_LEDGER)):
+        from vtorque.vm import hugepage_reservations
+        if job_id in hugepage_reservations.holding_jobs(config):
+            return True
     if not os.path.exists(os.path.join(config.state_dir, VF_LEDGER)):
         return False
     from vtorque.ibverbs import pool

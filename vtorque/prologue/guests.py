@@ -56,8 +56,8 @@ def bring_up(job_id: str, request: VmRequest, config: Config, *, user: str | Non
     """Start this node's guests of the job, each knowing the whole job: addresses, hosts,
     hostfiles and (when `user` is given) the job's SSH trust (`keys`: the one job the keys
     belong to), QEMU under the owner's identity and the job's shares (`workdir`: the job's
-    working directory); pinned guests use only `job_cores` when given (the cores the
-    batch system gave the job here).
+    working directory); the guests run on `job_cores` when given (the cores the batch
+    system gave the job here) and on those cores' NUMA nodes.
 
     Order matters: everything that can refuse the request is checked before the job's
     job-wide pieces are taken (a refused request holds no addresses), and this node
@@ -66,7 +66,7 @@ def bring_up(job_id: str, request: VmRequest, config: Config, *, user: str | Non
     from vtorque.node import node_name
     if user and keys is None:
         raise NodeError(f"job {job_id}: no key scope for the owner's SSH trust")
-    plan = lifecycle.check(job_id, request, config)
+    plan = lifecycle.check(job_id, request, config, job_cores=job_cores)
     owner = identity.of_owner(user) if user else None
     job_dirs = job_shares(config, user, workdir) if user else ()
     total = node_count * request.vms_per_node
@@ -100,8 +100,7 @@ def bring_up(job_id: str, request: VmRequest, config: Config, *, user: str | Non
     try:
         result = lifecycle.start(plan, config, first_rank=node_index * request.vms_per_node,
                                  addresses=block, extras=extras, rdma=rdma,
-                                 functions=functions, owner=owner, shares=job_dirs,
-                                 job_cores=job_cores)
+                                 functions=functions, owner=owner, shares=job_dirs)
     except BaseException:
         if functions:
             from vtorque.epilogue.teardown import release_functions

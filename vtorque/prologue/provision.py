@@ -153,41 +153,42 @@ def check_allocation(ctx: JobContext, config: Config, request, index: int) -> No
     check_fits_allocation(request, allocation, name, rank0_here=index == 0)
 
 
-def pinning(ctx: JobContext, config: Config, request, index: int):
-    """(request, the host cores pinned guests may use) on node `index`: the cores the
-    batch system gave the job there, never another job's. A record that names the job's
-    cores: the guests take those (the user's error when they need more). One that names
-    none (e.g. OpenPBS without a cgroup hook): unpinned, with a line in the log (pinning
-    to cores another job may hold is worse). No allocation in the record: the node's
-    own rule (consecutive cores after the host's reserve)."""
+def job_cores(ctx: JobContext, config: Config, request, index: int):
+    """(request, the host cores the guests run on) on node `index`: the cores the batch
+    system gave the job there, never another job's (every one of them, sorted: the guests
+    take their shares by NUMA node, vm/numa.py). Pinned guests need a core per vCPU (the
+    user's error when the job has fewer). A record that names no cores (e.g. OpenPBS
+    without a cgroup hook): no cores, and pinning off with a line in the log (pinning to
+    cores another job may hold is worse). No allocation in the record: no cores, pinned
+    guests follow the node's own rule (consecutive cores after the host's reserve)."""
     import dataclasses
 
     from vtorque.errors import RequestError
-    if not request.vcpu_pinning:
-        return request, None
     name = ctx.nodes[index]
     allocation = ctx.allocation(name)
     if allocation is None:
         return request, None
     if not allocation.cores:
-        node_logger(config).warning(
-            "job %s: vcpu_pinning asked, but the %s record names no cores of the job on "
-            "node %s; its guests run unpinned", ctx.job_id, ctx.scheduler, name)
-        return dataclasses.replace(request, vcpu_pinning=False), None
+        if request.vcpu_pinning:
+            node_logger(config).warning(
+                "job %s: vcpu_pinning asked, but the %s record names no cores of the job "
+                "on node %s; its guests run unpinned", ctx.job_id, ctx.scheduler, name)
+            return dataclasses.replace(request, vcpu_pinning=False), None
+        return request, None
     need = request.vcpus * request.vms_per_node
     cores = tuple(sorted(allocation.cores))
-    if need > len(cores):
+    if request.vcpu_pinning and need > len(cores):
         raise RequestError(f"-vm vcpu_pinning=yes: {request.vms_per_node} guest(s) of "
                            f"{request.vcpus} vCPU(s) need {need} cores on node {name}, but "
                            f"the batch system gave this job {len(cores)} there", key="vcpus")
-    return request, cores[:need]
+    return request, cores
 
 
 def _bring_up(ctx: JobContext, config: Config, index: int):
     from vtorque.prologue.guests import bring_up
     request = _request(ctx, config)
     check_allocation(ctx, config, request, index)
-    request, cores = pinning(ctx, config, request, index)
+    request, cores = job_cores(ctx, config, request, index)
     return bring_up(ctx.job_id, request, config, user=ctx.user,
                     node_index=index, node_count=len(ctx.nodes), node=ctx.nodes[index],
                     run=ctx.run_count, workdir=ctx.workdir, keys=_keys(ctx),

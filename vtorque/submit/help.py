@@ -57,7 +57,7 @@ def print_help() -> int:
 
 def _site_values(config) -> dict[str, str]:
     from vtorque.config import ARCHES, FS_TYPES
-    from vtorque.units import format_mib
+    from vtorque.units import format_hugepages, format_mib
     d, lim = config.defaults, config.limits
 
     def yes_no(value: bool) -> str:
@@ -84,6 +84,7 @@ def _site_values(config) -> dict[str, str]:
         "vm_epilogue": "default: none",
         "vrdma": f"default: {yes_no(d.vrdma)}",
         "fs_type": f"default: {d.fs_type}; one of {', '.join(FS_TYPES)}",
+        "hugepages": f"default: {format_hugepages(d.hugepages)}; page sizes 2M, 1G",
         "reserve": f"Each node also keeps {config.host_reserve.cores} core(s) and "
                    f"{format_mib(config.host_reserve.memory)} of memory for the host "
                    "(host_reserve).",

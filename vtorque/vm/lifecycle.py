@@ -35,15 +35,13 @@ from vtorque.files import ensure_trusted_dir, make_dir, remove_file, remove_tree
 from vtorque.images import Catalog, Image
 from vtorque.journal import JobPaths, Journal
 from vtorque.request import VmRequest, check_fits_node, check_image_matches, image_name
-from vtorque.log import node_logger
-from vtorque.vm import disks, identity, readiness, restore, snapshot
+from vtorque.vm import disks, hugepage_reservations, identity, numa, readiness, restore, snapshot
 from vtorque.vm.addresses import AddressBlock
 from vtorque.vm.host import Host
 from vtorque.vm.render import domain_xml, network_filters
 from vtorque.vm.seed import SeedExtras, seed_documents, write_seed_iso
 from vtorque.vm.shares import ShareSpec
 from vtorque.vm.spec import GuestSpec, build_guest_specs
-from vtorque.vm.template_store import Template
 
 LOCK_TIMEOUT = 30.0
 # Per guest on-disk need beyond the overlay's growth: seed, console log, qcow2 metadata.
@@ -133,12 +131,16 @@ class Plan:
     job_id: str
     request: VmRequest
     image: Image
+    placements: tuple[numa.GuestPlacement, ...] | None = None   # None: numa's defaults
 
 
 def check(job_id: str, request: VmRequest, config: Config,
-          catalog: Catalog | None = None) -> Plan:
+          catalog: Catalog | None = None, *, job_cores: tuple[int, ...] | None = None
+          ) -> Plan:
     """Everything that can refuse the request on this node without making anything: the
-    image (authorized, matching the request), the node's cores and memory, free space."""
+    image (authorized, matching the request), the node's cores and memory, free space,
+    the huge pages. `job_cores`: the host cores the batch system gave the job here (the
+    guests run on those, and on their NUMA nodes)."""
     catalog = catalog or Catalog(config.image_pool,
                                  checksum_cache=os.path.join(config.state_dir, ".checksums"))
     image = catalog.authorize(image_name(request, catalog))
@@ -154,13 +156,19 @@ def check(job_id: str, request: VmRequest, config: Config,
     facts = node.facts()
     check_fits_node(request, facts.cores, facts.memory_mib, config)
     _check_free_space(request, config)
-    return Plan(job_id, request, image)
+    topology = None
+    if job_cores is not None or request.vcpu_pinning:
+        topology = numa.read_topology(config.numa.sysfs_root)
+    placements = numa.guest_placements(config, request, job_cores, topology)
+    hugepage_reservations.check(config, job_id, request, placements, _node(config))
+    return Plan(job_id, request, image, placements)
 
 
 def up(job_id: str, request: VmRequest, config: Config, *, catalog: Catalog | None = None,
-       **start_args) -> UpResult:
+       job_cores: tuple[int, ...] | None = None, **start_args) -> UpResult:
     """check() then start(): for callers that have nothing to do in between."""
-    return start(check(job_id, request, config, catalog), config, **start_args)
+    return start(check(job_id, request, config, catalog, job_cores=job_cores), config,
+                 **start_args)
 
 
 def start(plan: Plan, config: Config, *, first_rank: int = 0,
@@ -168,15 +176,14 @@ def start(plan: Plan, config: Config, *, first_rank: int = 0,
        extras: Callable[[GuestSpec], SeedExtras] | None = None,
        rdma: str | None = None, functions: dict[int, str] | None = None,
        owner: identity.Identity | None = None,
-       shares: tuple[ShareSpec, ...] = (),
-       job_cores: tuple[int, ...] | None = None) -> UpResult:
+       shares: tuple[ShareSpec, ...] = ()) -> UpResult:
     """Start this node's guests of the checked plan and wait until all answer.
 
     `rdma` is the transport decided for the job here; `functions` maps a guest rank to
     the PCI address of the virtual function it gets (assigned by the caller). With
     `owner`, QEMU runs under the job owner's identity and the guests mount `shares`;
-    without, as qemu_user/qemu_group with no shares. `job_cores`: the host cores the
-    batch system gave the job here (pinned guests use only those)."""
+    without, as qemu_user/qemu_group with no shares. The guests run where the plan
+    placed them; their huge pages are held from here until teardown."""
     started = time.monotonic()
     job_id, request, image = plan.job_id, plan.request, plan.image
     paths = paths_for(job_id, config)
@@ -194,6 +201,10 @@ def start(plan: Plan, config: Config, *, first_rank: int = 0,
                 # Left over from a killed prologue or a requeue: clear it, start afresh.
                 _teardown(paths, host, config)
             try:
+                placements = plan.placements or numa.guest_placements(config, request,
+                                                                      None, None)
+                hugepage_reservations.reserve(config, job_id, request, placements,
+                                              _node(config))
                 specs = build_guest_specs(paths=paths, request=request, image=image,
                                           config=config, domain_type=domain_type,
                                           first_rank=first_rank, tokens=tokens,
@@ -202,7 +213,7 @@ def start(plan: Plan, config: Config, *, first_rank: int = 0,
                                           rdma=rdma, functions=functions or {},
                                           shares=shares,
                                           owner=(qemu.uid, qemu.gid) if owner else None,
-                                          job_cores=job_cores)
+                                          placements=placements)
                 return _provision(paths, specs, host, config, started, extras,
                                   (request.vm_prologue, request.vm_epilogue), image)
             except BaseException as exc:
@@ -234,8 +245,7 @@ def _provision(paths: JobPaths, specs: list[GuestSpec], host: Host, config: Conf
     if any(spec.nic and spec.nic.peers for spec in specs):
         host.ensure_filters(network_filters())
     timeouts = config.timeouts
-    log = node_logger(config)
-    template, note = _template(specs[0], image, host, config)
+    template, note = restore.template_or_reason(specs[0], image, host, config)
     started_from: dict[str, str] = {}
 
     def start_one(spec: GuestSpec) -> None:
@@ -248,20 +258,12 @@ def _provision(paths: JobPaths, specs: list[GuestSpec], host: Host, config: Conf
                 documents.update(snapshot.restore_documents(spec))
             write_seed_iso(spec.seed.path, documents, uid=spec.qemu_uid, gid=spec.qemu_gid)
             made.append(spec.seed.path)
-        uuid = None
         begun = time.monotonic()
-        if template is not None:
-            try:
-                uuid = restore.start_guest(spec, template, host, timeouts.provision)
-                started_from[spec.name] = "snapshot"
-            except (VtorqueError, OSError) as exc:
-                # Never the job's failure: this guest boots, the template is dropped.
-                log.warning("job %s guest %s: restoring from template %s failed, booting "
-                            "it instead: %s", paths.job_id, spec.name, template.key, exc)
-                restore.forget(template, config, str(exc))
+        uuid = (restore.try_restore(spec, template, host, config)
+                if template is not None else None)
+        started_from[spec.name] = "snapshot" if uuid else "boot"
         if uuid is None:
             uuid = host.start_transient(domain_xml(spec))
-            started_from[spec.name] = "boot"
         journal.record("guest-started", domain=spec.name, rank=spec.rank, uuid=uuid,
                        files=made, qemu_pid=host.qemu_pid(spec.name),
                        start=started_from[spec.name],
@@ -274,6 +276,8 @@ def _provision(paths: JobPaths, specs: list[GuestSpec], host: Host, config: Conf
         first = failures[0]
         raise first if isinstance(first, VtorqueError) else HypervisorError(
             f"starting guests failed: {first}")
+    if specs[0].hugepage_kib:
+        hugepage_reservations.mark_started(config, paths.job_id)
     # QEMU and qemu-img opened the image's files by path: refuse guests of a file that
     # was replaced or rewritten after the catalog verified it.
     Catalog(config.image_pool).verify_unchanged(image)
@@ -294,24 +298,6 @@ def _provision(paths: JobPaths, specs: list[GuestSpec], host: Host, config: Conf
                     specs[0].rdma, specs[0].image_name, specs[0].image_digest, note)
 
 
-def _template(spec: GuestSpec, image: Image, host: Host, config: Config
-              ) -> tuple[Template | None, str | None]:
-    """The node's template for this job's guests (built now if need be), or None and,
-    when the image opted in, why its guests boot (also in the node's log)."""
-    try:
-        return restore.template_for(spec, image, host, config), None
-    except restore.SnapshotUnavailable as exc:
-        if not image.snapshot or not config.snapshots.enabled:
-            return None, None
-        node_logger(config).warning("job %s: guests boot instead of starting from a "
-                                    "template: %s", spec.job_id, exc)
-        return None, str(exc)
-    except (VtorqueError, OSError) as exc:   # the store: locked, untrusted, disk full
-        node_logger(config).warning("job %s: no snapshot template, guests boot: %s",
-                                    spec.job_id, exc)
-        return None, str(exc)
-
-
 def down(job_id: str, config: Config) -> list[str]:
     """Destroy every guest and remove every file of `job_id` on this node.
 
@@ -321,7 +307,8 @@ def down(job_id: str, config: Config) -> list[str]:
     """
     paths = paths_for(job_id, config)
     if not any(os.path.lexists(p) for p in (paths.job_dir, paths.ramdisk_dir,
-                                            paths.user_dir, paths.lock)):
+                                            paths.user_dir, paths.lock)) \
+            and job_id not in hugepage_reservations.holding_jobs(config):
         with Host(config.libvirt_uri) as host:
             if not host.tagged_domains(job_id, _node(config)):
                 return []
@@ -370,6 +357,10 @@ def _teardown(paths: JobPaths, host: Host, config: Config) -> list[str]:
             remove_tree(directory)
         except OSError as exc:
             failures.append(f"cannot remove {directory}: {exc.strerror}")
+    try:
+        hugepage_reservations.release(config, paths.job_id)
+    except NodeError as exc:
+        failures.append(str(exc))
     if failures:
         raise TeardownError(paths.job_id, failures)
     return destroyed

@@ -15,9 +15,10 @@ import time
 
 from vtorque import node
 from vtorque.config import Config
-from vtorque.errors import HypervisorError, NodeError, ResourceError
+from vtorque.errors import HypervisorError, NodeError, ResourceError, VtorqueError
 from vtorque.files import remove_file
 from vtorque.images import Image
+from vtorque.log import node_logger
 from vtorque.vm import identity, readiness, snapshot
 from vtorque.vm.host import Host
 from vtorque.vm.render import domain_xml
@@ -58,6 +59,38 @@ def template_for(spec: GuestSpec, image: Image, host: Host, config: Config) -> T
             store.discard(key)
             store.record_failure(key, str(exc))
             raise SnapshotUnavailable(f"building its template failed: {exc}") from None
+
+
+def template_or_reason(spec: GuestSpec, image: Image, host: Host, config: Config
+                       ) -> tuple[Template | None, str | None]:
+    """The node's template for a job's guests (built now if need be), or None and, when
+    the image opted in, why its guests boot (also in the node's log)."""
+    try:
+        return template_for(spec, image, host, config), None
+    except SnapshotUnavailable as exc:
+        if not image.snapshot or not config.snapshots.enabled:
+            return None, None
+        node_logger(config).warning("job %s: guests boot instead of starting from a "
+                                    "template: %s", spec.job_id, exc)
+        return None, str(exc)
+    except (VtorqueError, OSError) as exc:   # the store: locked, untrusted, disk full
+        node_logger(config).warning("job %s: no snapshot template, guests boot: %s",
+                                    spec.job_id, exc)
+        return None, str(exc)
+
+
+def try_restore(spec: GuestSpec, template: Template, host: Host, config: Config
+                ) -> str | None:
+    """The UUID of `spec`'s guest restored from `template`, or None when that failed:
+    never the job's failure, the guest boots instead and the template is dropped."""
+    try:
+        return start_guest(spec, template, host, config.timeouts.provision)
+    except (VtorqueError, OSError) as exc:
+        node_logger(config).warning("job %s guest %s: restoring from template %s failed, "
+                                    "booting it instead: %s", spec.job_id, spec.name,
+                                    template.key, exc)
+        forget(template, config, str(exc))
+        return None
 
 
 def _build(spec: GuestSpec, shape: snapshot.TemplateShape, host: Host, config: Config,

@@ -77,6 +77,8 @@ class TemplateShape:
     host_share: bool
     shares: tuple[tuple[str, bool], ...]             # (tag, read-only), in order
     rng: bool
+    hugepage_kib: int                                # 0: ordinary memory
+    numa_cells: tuple[tuple[str, int], ...]          # the guest's (vCPUs, MiB) per cell
     hypervisor_version: int
     libvirt_version: int
     format: int = TEMPLATE_FORMAT
@@ -100,6 +102,8 @@ def shape_of(spec: GuestSpec, image: Image, versions: tuple[int, int]) -> Templa
         machine=spec.machine, cpu_mode=spec.cpu_mode, vcpus=spec.vcpus,
         memory_mib=spec.memory_mib, host_share=spec.host_share,
         shares=tuple((s.tag, s.readonly) for s in spec.shares), rng=spec.rng,
+        hugepage_kib=spec.hugepage_kib,
+        numa_cells=tuple((c.vcpu_list, c.memory_mib) for c in spec.numa_cells),
         hypervisor_version=versions[0], libvirt_version=versions[1])
 
 
@@ -107,13 +111,14 @@ def template_spec(spec: GuestSpec, shape: TemplateShape, *, name: str, token: st
                   console_log: str, placeholder_dir: str, qemu_uid: int,
                   qemu_gid: int) -> GuestSpec:
     """The template guest of `spec`'s shape: the same hardware with nothing of a job (no
-    seed, NIC, data disk, pinning, job tag), shares pointing at an empty directory, and
-    spare ports for what a restore hot-plugs."""
+    seed, NIC, data disk, pinning or host NUMA binding, job tag), shares pointing at an
+    empty directory, and spare ports for what a restore hot-plugs."""
     shares = tuple(dataclasses.replace(share, source=placeholder_dir)
                    for share in spec.shares)
     return dataclasses.replace(
         spec, job_id="template", rank=0, node="", name=name, hostname="template",
-        title=f"vtorque template of image {shape.image_name}", cpuset=(),
+        title=f"vtorque template of image {shape.image_name}", cpuset=(), vcpu_sets=(),
+        numa_nodeset=None,
         cmdline=" ".join(filter(None, [shape.cmdline, f"vtorque.template={token}"])),
         overlay=None, base_image=None, scratch=None, scratch_mib=0, seed=None, nic=None,
         console_log=console_log, ready_token=token, qemu_uid=qemu_uid, qemu_gid=qemu_gid,
@@ -163,14 +168,15 @@ def restored_domain_xml(template_xml: str, own_xml: str) -> str:
 
     The devices are the template's, exactly: QEMU loads the saved state only into the
     same machine. What is not part of the machine is the guest's own: name, title, job
-    tag, QEMU's identity, pinning, console log, the sources of its shares. There is no
+    tag, QEMU's identity, pinning, host NUMA binding, console log, the sources of its
+    shares. There is no
     UUID (libvirt makes one) and an empty generation ID (libvirt draws a new one), and
     QEMU starts waiting for the saved state (`-incoming defer`)."""
     ET.register_namespace("qemu", QEMU_NS)
     ET.register_namespace("vt", METADATA_NS)
     root = ET.fromstring(template_xml)
     own = ET.fromstring(own_xml)
-    for tag in ("uuid", "genid", "cputune", "resource", "qemu:commandline"):
+    for tag in ("uuid", "genid", "cputune", "numatune", "resource", "qemu:commandline"):
         for elem in root.findall(tag.replace("qemu:", f"{{{QEMU_NS}}}")):
             root.remove(elem)
     for tag in _OWN:
@@ -179,9 +185,10 @@ def restored_domain_xml(template_xml: str, own_xml: str) -> str:
         for mine in own.findall(tag):
             root.insert(_position(root, tag), copy.deepcopy(mine))
     root.insert(_position(root, "genid"), ET.Element("genid"))
-    cputune = own.find("cputune")
-    if cputune is not None:
-        root.insert(_position(root, "cputune"), copy.deepcopy(cputune))
+    for tag in ("cputune", "numatune"):
+        mine = own.find(tag)
+        if mine is not None:
+            root.insert(_position(root, tag), copy.deepcopy(mine))
     devices = root.find("devices")
     if devices is None:
         raise HypervisorError("the template's domain has no devices")
@@ -213,7 +220,7 @@ def restored_domain_xml(template_xml: str, own_xml: str) -> str:
 # The order libvirt's schema wants of the top-level elements that are moved here.
 _ORDER = ("name", "uuid", "genid", "title", "description", "metadata", "maxMemory",
           "memory", "currentMemory", "blkiotune", "memtune", "memoryBacking", "vcpu",
-          "iothreads", "vcpus", "cputune")
+          "iothreads", "vcpus", "cputune", "numatune")
 
 
 def _position(root: ET.Element, tag: str) -> int:

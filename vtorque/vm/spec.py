@@ -18,6 +18,7 @@ from vtorque.images import Image
 from vtorque.journal import JobPaths
 from vtorque.request import VmRequest
 from vtorque.vm.addresses import AddressBlock
+from vtorque.vm.numa import Cell, GuestPlacement, guest_placements
 from vtorque.vm.shares import ShareSpec
 
 READY_PREFIX = "vtorque-ready"
@@ -103,6 +104,11 @@ class GuestSpec:
     # The job owner's uid and gid: they own /data (None without an owner: root does).
     owner_uid: int | None = None
     owner_gid: int | None = None
+    # NUMA placement and huge pages (vm/numa.py); all empty: the kernel places the guest.
+    vcpu_sets: tuple[str, ...] = ()       # unpinned: each vCPU's host cores (a cpulist)
+    numa_nodeset: str | None = None       # host NUMA nodes holding its memory, strict
+    numa_cells: tuple[Cell, ...] = ()     # its NUMA topology, mirroring the host nodes
+    hugepage_kib: int = 0                 # huge page size backing its RAM (0: none)
     # A snapshot template (vm/snapshot.py): a VM generation ID, which a restored guest's
     # kernel reseeds on, and spare PCIe ports for the devices a restore hot-plugs.
     genid: bool = False
@@ -147,21 +153,6 @@ def domain_name(paths: JobPaths, rank: int) -> str:
     return f"vtorque-{paths.key}-{rank}"
 
 
-def pinned_cores(config: Config, request: VmRequest, local_index: int,
-                 job_cores: tuple[int, ...] | None = None) -> tuple[int, ...]:
-    """Host cores for guest `local_index` when pinning is asked. `job_cores`: the cores
-    the batch system gave the job on this node (the caller checked there are enough):
-    guests take them in order, never a core of another job. Without (a guest started by
-    hand, no batch allocation): consecutive cores after those reserved for the host."""
-    if not request.vcpu_pinning:
-        return ()
-    if job_cores is not None:
-        return tuple(job_cores[local_index * request.vcpus:
-                               (local_index + 1) * request.vcpus])
-    first = config.host_reserve.cores + local_index * request.vcpus
-    return tuple(range(first, first + request.vcpus))
-
-
 # What differs between the kinds of guest, decided here once (virtinst's set_defaults).
 # OSv gets machine pc: its tested machine, and q35 gives it nothing (no passthrough for
 # OSv) while its boot hangs there whenever an AHCI CD-ROM is attached; its disk is read
@@ -193,14 +184,18 @@ def build_guest_specs(*, paths: JobPaths, request: VmRequest, image: Image, conf
                       functions: dict[int, str] | None = None,
                       shares: tuple[ShareSpec, ...] = (),
                       owner: tuple[int, int] | None = None,
-                      job_cores: tuple[int, ...] | None = None) -> list[GuestSpec]:
+                      placements: tuple[GuestPlacement, ...] | None = None
+                      ) -> list[GuestSpec]:
     """Specs for the `request.vms_per_node` guests of this node, ranks from `first_rank`.
 
     `rdma` is the job's transport here; `functions` maps a rank to the PCI address of the
     virtual function it gets (SR-IOV); `shares` are the job's host directories (every
-    guest mounts them); `owner` the job owner's (uid, gid); `job_cores` the host cores the
-    batch system gave the job here, for pinning."""
+    guest mounts them); `owner` the job owner's (uid, gid); `placements` where each guest
+    runs on the node (numa.guest_placements; None: no batch allocation and no topology
+    known, pinned guests take the cores after the host's reserve)."""
     functions = functions or {}
+    if placements is None:
+        placements = guest_placements(config, request, None, None)
     if len(tokens) != request.vms_per_node:
         raise ValueError("one ready token per guest is needed")
     kind = KIND_DEFAULTS[image.kind]
@@ -246,6 +241,7 @@ def build_guest_specs(*, paths: JobPaths, request: VmRequest, image: Image, conf
         elif image.kind == "osv" and image.kernel is not None:
             cmdline = osv_cmdline(image.cmdline, nic)
         hostdevs = (functions[rank],) if rank in functions else ()
+        placement = placements[index]
         specs.append(GuestSpec(
             job_id=paths.job_id, rank=rank, node=node, name=name, hostname=host,
             kind=image.kind, title=f"vtorque job {paths.job_id} rank {rank}{kind.title_suffix}",
@@ -254,7 +250,7 @@ def build_guest_specs(*, paths: JobPaths, request: VmRequest, image: Image, conf
             machine="q35" if hostdevs else (kind.machine or config.machine_type),
             cpu_mode="host-passthrough" if domain_type == "kvm" else None,
             vcpus=request.vcpus, memory_mib=request.ram_mib,
-            cpuset=pinned_cores(config, request, index, job_cores),
+            cpuset=placement.cores if placement.pinned else (),
             kernel=image.kernel.path if image.kernel else None,
             initrd=image.initrd.path if image.initrd else None,
             cmdline=cmdline, overlay=overlay,
@@ -270,7 +266,9 @@ def build_guest_specs(*, paths: JobPaths, request: VmRequest, image: Image, conf
                        if image.kind == "osv" and nic and nic.address else None),
             rdma=rdma, hostdevs=hostdevs, rng=kind.rng,
             shares=shares if kind.shares else (),
-            owner_uid=owner[0] if owner else None, owner_gid=owner[1] if owner else None))
+            owner_uid=owner[0] if owner else None, owner_gid=owner[1] if owner else None,
+            vcpu_sets=placement.vcpu_sets, numa_nodeset=placement.memory_nodeset,
+            numa_cells=placement.guest_cells, hugepage_kib=request.hugepage_mib * 1024))
     return specs
 
 
