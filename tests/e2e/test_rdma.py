@@ -35,17 +35,18 @@ echo "rank0-devices: $(ibv_devices | awk 'NR>2 {print $1}' | tr '\\n' ' ')"
 echo "rank1-devices: $(ssh "$peer" "ibv_devices | awk 'NR>2 {print \\$1}'" | tr '\\n' ' ')"
 # perftest: server on rank 1, client here; rdma_cm finds the peer's GID from its address.
 # The client retries while the server is not listening yet (its start over ssh under TCG
-# takes a few seconds, far more on a loaded host); bounded: 60 tries.
+# takes a few seconds, more than a minute on a host loaded with other work: seen once in
+# CI, ib_write_lat's server not up after 60 tries); bounded: 180 tries, the server 300 s.
 perf() {
     test=$1; shift
-    ssh -n "$peer" "timeout 120 $test -d rxe0 -R -F $* >/dev/null 2>&1" &
+    ssh -n "$peer" "timeout 300 $test -d rxe0 -R -F $* >/dev/null 2>&1" &
     tries=0
     until timeout 60 $test -d rxe0 -R -F "$@" "$peer" > $test.out 2>&1; do
         tries=$((tries + 1))
-        [ $tries -lt 60 ] || break
+        [ $tries -lt 180 ] || break
         sleep 1
     done
-    echo "$test status=$([ $tries -lt 60 ] && echo 0 || echo 1)"
+    echo "$test status=$([ $tries -lt 180 ] && echo 0 || echo 1)"
     wait
 }
 perf ib_write_bw -n 200 -s 65536
