@@ -113,6 +113,10 @@ class HypervisorError(NodeError):
     """libvirt or QEMU refused or failed an operation."""
 
 
+class SavedStateError(HypervisorError):
+    """QEMU could not load a saved guest state (a snapshot template's)."""
+
+
 class GuestTimeout(NodeError):
     """A guest did not answer within the configured time."""
 

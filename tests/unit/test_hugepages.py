@@ -272,6 +272,7 @@ def test_teardown_and_the_reaper_find_a_jobs_held_pages(cfg: Any, root: Path,
         def tagged_domains(self, job_id: str | None = None, node: str | None = None) -> list:
             return []
         def state(self, name: str) -> None: return None
+        def template_domains(self) -> list: return []
 
     from vtorque.vm import host, lifecycle
     monkeypatch.setattr(host, "Host", NoHost)

@@ -243,6 +243,7 @@ def test_reaper_reclaims_functions_of_a_dead_job(root: Path, ib_config: Any,
         def tagged_domains(self, job_id: str | None = None, node: str | None = None) -> list:
             return []
         def state(self, name: str) -> None: return None
+        def template_domains(self) -> list: return []
 
     from vtorque.vm import host, lifecycle
     monkeypatch.setattr(host, "Host", NoHost)

@@ -24,6 +24,7 @@ from vtorque import node
 from vtorque.admin import cli
 from vtorque import config as config_mod
 from vtorque.errors import (
+    SavedStateError,
     CommandError,
     GuestTimeout,
     HypervisorError,
@@ -699,16 +700,26 @@ def fake_template(env: Env) -> Template:
     Path(state).write_bytes(b"x" * 64)
     os.chmod(state, 0o600)
     Path(directory, "meta.json").write_text("{}")
-    return Template("k" * 32, state, "<domain/>", 8, 64, "snapguest")
+    return Template("k" * 32, state, "<domain/>", 8, 64, "snapguest", os.stat(state).st_ino)
 
 
-def test_a_failed_restore_boots_the_guest_and_drops_the_template(
-        env: Env, snapshot_image: str, monkeypatch) -> None:
-    template = fake_template(env)
+def same_shape(monkeypatch, template: Template) -> None:
+    """Every guest is of the fake template's shape."""
+    class Shape:
+        @staticmethod
+        def key() -> str:
+            return template.key
+    monkeypatch.setattr(restore.snapshot, "shape_of", lambda *a: Shape)
     monkeypatch.setattr(restore, "template_for", lambda *a: template)
 
+
+def test_a_template_qemu_cannot_load_is_dropped_and_the_guest_boots(
+        env: Env, snapshot_image: str, monkeypatch) -> None:
+    template = fake_template(env)
+    same_shape(monkeypatch, template)
+
     def refuse(*args, **kwargs):
-        raise HypervisorError("QEMU could not load the saved state (failed)")
+        raise SavedStateError("QEMU could not load the saved state (failed)")
     monkeypatch.setattr(restore, "start_guest", refuse)
     result = lifecycle.up("12", env.request(f"img={snapshot_image}"), env.config)
     assert [g.started for g in result.guests] == ["boot"]
@@ -721,10 +732,36 @@ def test_a_failed_restore_boots_the_guest_and_drops_the_template(
     env.assert_nothing_left("12")
 
 
+def test_a_restore_that_fails_for_the_guests_own_reason_keeps_the_template(
+        env: Env, snapshot_image: str, monkeypatch) -> None:
+    template = fake_template(env)
+    same_shape(monkeypatch, template)
+
+    def refuse(*args, **kwargs):
+        raise HypervisorError("cannot hot-plug a device into guest x: no free slot")
+    monkeypatch.setattr(restore, "start_guest", refuse)
+    result = lifecycle.up("12", env.request(f"img={snapshot_image}"), env.config)
+    assert [g.started for g in result.guests] == ["boot"]
+    assert os.path.exists(template.state)
+    assert TemplateStore(env.config.state_dir).recent_failure(template.key, 600) is None
+    lifecycle.down("12", env.config)
+
+
+def test_a_guest_of_another_shape_than_the_template_boots(
+        env: Env, snapshot_image: str, monkeypatch) -> None:
+    template = fake_template(env)               # its key matches no real shape
+    monkeypatch.setattr(restore, "template_for", lambda *a: template)
+    monkeypatch.setattr(restore, "start_guest", lambda *a: pytest.fail("restored"))
+    result = lifecycle.up("12", env.request(f"img={snapshot_image}"), env.config)
+    assert [g.started for g in result.guests] == ["boot"]
+    assert os.path.exists(template.state)
+    lifecycle.down("12", env.config)
+
+
 def test_a_restored_guest_gets_its_job_words_in_its_seed_and_is_recorded_so(
         env: Env, snapshot_image: str, monkeypatch) -> None:
     template = fake_template(env)
-    monkeypatch.setattr(restore, "template_for", lambda *a: template)
+    same_shape(monkeypatch, template)
     seeds = {}
 
     def restored(spec, tmpl, host, timeout):
@@ -743,7 +780,7 @@ def test_a_restored_guest_gets_its_job_words_in_its_seed_and_is_recorded_so(
     assert result.snapshot_note is None
     assert journal_starts(env, "12") == ["snapshot"]
     [names] = seeds.values()
-    assert {"vtorque-cmdline", "vtorque-entropy"} <= set(names)
+    assert {"vtorque-cmdline", "vtorque-entropy", "vtorque-time"} <= set(names)
 
 
 def test_with_snapshots_off_no_template_is_tried(env: Env, snapshot_image: str,

@@ -90,14 +90,21 @@ def test_the_template_guest_carries_nothing_of_a_job(kernel_spec, fixed) -> None
     xml = domain_xml(template)
     root = ET.fromstring(xml)
     assert root.find("devices/disk") is None and root.find("devices/interface") is None
-    assert root.find("cputune") is None and root.find("genid") is not None
+    assert root.find("genid") is not None
     assert root.find("os/cmdline").text == "console=ttyS0 quiet vtorque.template=t0k"
     assert spec.hostname not in xml and spec.ready_token not in xml
     assert [fs.find("source").get("dir") for fs in root.findall("devices/filesystem")] \
         == ["/", "/s/t/empty"]
     ports = [c for c in root.findall("devices/controller")
              if c.get("model") == "pcie-root-port"]
-    assert len(ports) == snapshot.HOTPLUG_PORTS
+    # One port per PCI device of its own (host root, the share, rng), one per device a
+    # restore may hot-plug (seed, data disk, NIC), one to spare.
+    assert len(ports) == 3 + snapshot.HOTPLUG_DEVICES + 1
+    assert root.find(f"metadata/{{{snapshot.METADATA_NS}}}job") is None
+    assert root.find(f"metadata/{{{snapshot.METADATA_NS}}}template").get("key") == \
+        shape.key()
+    # It runs where the job's guest will: placement is not part of the saved state.
+    assert [p.get("cpuset") for p in root.findall("cputune/vcpupin")] == ["3"]
 
 
 # --- the restored guest's XML ----------------------------------------------------------------
@@ -170,6 +177,8 @@ def test_the_seed_of_a_restored_guest_holds_its_command_line_and_fresh_entropy(
     assert f"vtorque.ready={spec.ready_token}" in one[snapshot.SEED_CMDLINE]
     assert len(bytes.fromhex(one[snapshot.SEED_ENTROPY].strip())) == snapshot.ENTROPY_BYTES
     assert one[snapshot.SEED_ENTROPY] != two[snapshot.SEED_ENTROPY]
+    assert snapshot.restore_documents(spec, now=1796200000.7)[snapshot.SEED_TIME] == \
+        "1796200000\n"
 
 
 # --- libvirt's save image ----------------------------------------------------------------
@@ -279,7 +288,8 @@ def test_a_failure_is_remembered_for_retry_after_seconds(tmp_path, kernel_spec, 
     store = TemplateStore(str(tmp_path / "state"))
     shape = snapshot.shape_of(kernel_spec()[0], opted_in(fixed.image("kernel")), VERSIONS)
     with store.locked(shape.key()):
-        store.record_failure(shape.key(), "QEMU could not load the saved state (failed)")
+        store.record_failure(shape.key(), "QEMU could not load the saved state (failed)",
+                             "testguest")
     assert store.recent_failure(shape.key(), 600) == \
         "QEMU could not load the saved state (failed)"
     import time
@@ -288,3 +298,63 @@ def test_a_failure_is_remembered_for_retry_after_seconds(tmp_path, kernel_spec, 
     assert store.recent_failure(shape.key(), 600) is None
     shutil.rmtree(store.root)
     assert store.recent_failure(shape.key(), 600) is None
+
+
+@needs_root
+def test_the_least_recently_used_templates_go_past_keep_and_failed_ones_with_their_image(
+        tmp_path, kernel_spec, fixed) -> None:
+    store = TemplateStore(str(tmp_path / "state"))
+    image = opted_in(fixed.image("kernel"))
+    shapes = [snapshot.shape_of(kernel_spec(f"vcpus={n}")[0], image, VERSIONS)
+              for n in (1, 2, 3)]
+    for age, shape in enumerate(shapes):
+        publish(store, shape)
+        meta = os.path.join(store.directory(shape.key()), "meta.json")
+        os.utime(meta, (1000 + age, 1000 + age))
+    store.mark_used(store.find(shapes[0]))          # the oldest, used just now
+    assert store.prune(2) == [shapes[1].key()]
+    assert {key for key, _ in store.entries()} == {shapes[0].key(), shapes[2].key()}
+    failed = snapshot.shape_of(kernel_spec("vcpus=4")[0], image, VERSIONS)
+    with store.locked(failed.key()):
+        store.record_failure(failed.key(), "did not reach its snapshot point", "testguest")
+    assert sorted(store.remove_image("testguest")) == sorted(
+        [shapes[0].key(), shapes[2].key(), failed.key()])
+
+
+def test_guests_on_huge_pages_boot(kernel_spec, fixed, make_config) -> None:
+    spec = dataclasses.replace(kernel_spec()[0], hugepage_kib=2048)
+    assert "huge pages" in snapshot.not_eligible(spec, opted_in(fixed.image("kernel")),
+                                                 make_config({}))
+
+
+def test_a_definition_that_cannot_be_used_is_a_hypervisor_error(kernel_spec) -> None:
+    own = domain_xml(kernel_spec()[0])
+    with pytest.raises(HypervisorError, match="cannot be used"):
+        snapshot.restored_domain_xml("<domain><devices>", own)
+    with pytest.raises(HypervisorError, match="cannot be used"):
+        snapshot.restored_domain_xml(
+            "<domain><devices><filesystem/></devices></domain>", own)
+
+
+@needs_root
+def test_the_reaper_destroys_template_guests_of_killed_builds_only(tmp_path, make_config):
+    from vtorque.vm import restore
+    config = make_config({"state_dir": str(tmp_path / "state")})
+    store = TemplateStore(config.state_dir)
+    building, killed = "a" * 32, "b" * 32
+
+    class FakeHost:
+        destroyed: list = []
+
+        def template_domains(self):
+            return [("vtorque-template-building", building),
+                    ("vtorque-template-killed", killed),
+                    ("vtorque-template-odd", "../../etc")]
+
+        def destroy(self, name):
+            self.destroyed.append(name)
+
+    with store.locked(building):
+        gone = restore.reap_templates(FakeHost(), config)
+    assert gone == ["vtorque-template-killed", "vtorque-template-odd"]
+    assert FakeHost.destroyed == gone

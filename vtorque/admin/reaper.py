@@ -129,7 +129,25 @@ def reap(config: Config, batch: BatchSystem, *, dry_run: bool = False) -> list[V
                 continue
         verdicts.append(Verdict(job_id, "reaped", reason))
     verdicts += _empty_dirs(config, dry_run)
+    verdicts += _template_guests(config, dry_run)
     return verdicts
+
+
+def _template_guests(config: Config, dry_run: bool) -> list[Verdict]:
+    """Snapshot template guests left by a build that was killed (its prologue killed at
+    the batch system's alarm): no job owns them, no job's teardown finds them."""
+    from vtorque.vm import restore
+    from vtorque.vm.host import Host
+    try:
+        with Host(config.libvirt_uri) as host:
+            if dry_run:
+                names = [name for name, _ in host.template_domains()]
+            else:
+                names = restore.reap_templates(host, config)
+    except VtorqueError as exc:
+        return [Verdict("-", "unknown", f"cannot look for template guests: {exc}")]
+    return [Verdict("-", "reaped", f"snapshot template guest {name} left by a killed "
+                    "build") for name in names]
 
 
 def _empty_dirs(config: Config, dry_run: bool) -> list[Verdict]:

@@ -134,6 +134,8 @@ SCHEMA: dict[str, dict[str, Field] | Field] = {
         "retry_after": Field(c.seconds, 600, "after a template failed to build or restore, "
                              "guests of its shape boot for this long before it is tried "
                              "again"),
+        "keep": Field(c.integer(1, 1000), 8, "templates kept on a node (each about its "
+                      "guest's memory in size); the least recently used go first"),
     },
     "batch": {
         "system": Field(c.choice(("auto", "torque", "openpbs", "slurm")), "auto",

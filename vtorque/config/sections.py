@@ -48,6 +48,7 @@ class Snapshots:
     enabled: bool
     template_timeout: float           # seconds
     retry_after: float                # seconds
+    keep: int
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import libvirt
 import libvirt_qemu
 
-from vtorque.errors import HypervisorError
+from vtorque.errors import HypervisorError, SavedStateError
 from vtorque.vm.spec import METADATA_NS
 
 _GONE = {libvirt.VIR_ERR_NO_DOMAIN}
@@ -127,7 +127,9 @@ class Host:
                 from None
 
     def definition(self, name: str) -> str:
-        """The domain's XML as defined (PCI addresses included, nothing of the run)."""
+        """The domain's definition (VIR_DOMAIN_XML_INACTIVE) with the PCI addresses
+        libvirt assigned; for a transient domain it still carries device aliases, which
+        libvirt ignores when given them back."""
         try:
             return self._conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
         except libvirt.libvirtError as exc:
@@ -141,10 +143,17 @@ class Host:
         except libvirt.libvirtError as exc:
             raise HypervisorError(f"cannot save guest {name}: {_message(exc)}") from None
 
+    def restore_problem(self) -> str | None:
+        """Why this libvirt cannot start guests from saved state (None: it can)."""
+        if not hasattr(libvirt_qemu, "qemuMonitorCommandWithFiles"):
+            return "libvirt-python is older than 8.2 (no qemuMonitorCommandWithFiles)"
+        return None
+
     def start_restored(self, xml: str, state_fd: int, timeout: float) -> str:
         """Create a paused domain from `xml` (which makes QEMU wait for incoming state),
-        load the saved state QEMU reads from `state_fd` (positioned at the migration
-        stream), and return its UUID, still paused. A failure destroys the domain."""
+        load the saved state QEMU reads from `state_fd` (a pipe carrying the migration
+        stream), and return its UUID, still paused. SavedStateError when QEMU refuses
+        the state. A failure destroys the domain."""
         try:
             dom = self._conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED)
         except libvirt.libvirtError as exc:
@@ -159,9 +168,9 @@ class Host:
                 if status == "completed":
                     break
                 if status in ("failed", "cancelled"):
-                    raise HypervisorError(f"QEMU could not load the saved state ({status})")
+                    raise SavedStateError(f"QEMU could not load the saved state ({status})")
                 if time.monotonic() > deadline:
-                    raise HypervisorError(f"loading the saved state took more than "
+                    raise SavedStateError(f"loading the saved state took more than "
                                           f"{timeout:g} s")
                 time.sleep(0.02)
             return dom.UUIDString()
@@ -182,6 +191,7 @@ class Host:
                                   f"{_message(exc)}") from None
 
     def resume(self, name: str) -> None:
+        """Let a paused domain run."""
         try:
             self._conn.lookupByName(name).resume()
         except libvirt.libvirtError as exc:
@@ -278,6 +288,23 @@ class Host:
                     continue  # vanished between list and query
                 raise HypervisorError(f"cannot query guest: {_message(exc)}") from None
         return sorted(found, key=lambda d: (d.job_id, d.rank, d.name))
+
+    def template_domains(self) -> list[tuple[str, str]]:
+        """(name, template key) of every snapshot template guest vtorque started."""
+        try:
+            domains = self._conn.listAllDomains(0)
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"cannot list guests: {_message(exc)}") from None
+        found = []
+        for dom in domains:
+            try:
+                text = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS, 0)
+                elem = ET.fromstring(text)
+                if elem.tag.endswith("template"):
+                    found.append((dom.name(), elem.attrib.get("key", "")))
+            except (libvirt.libvirtError, ET.ParseError):
+                continue
+        return sorted(found)
 
     def qemu_pid(self, name: str) -> int | None:
         """PID of the domain's QEMU process, read from libvirt's pid file when present."""

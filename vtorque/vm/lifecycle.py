@@ -12,7 +12,6 @@ started, succeeds.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import secrets
 import time
@@ -31,7 +30,7 @@ from vtorque.errors import (
     Unsupported,
     VtorqueError,
 )
-from vtorque.files import ensure_trusted_dir, make_dir, remove_file, remove_tree
+from vtorque.files import ensure_trusted_dir, flock_within, make_dir, remove_file, remove_tree
 from vtorque.images import Catalog, Image
 from vtorque.journal import JobPaths, Journal
 from vtorque.request import VmRequest, check_fits_node, check_image_matches, image_name
@@ -99,16 +98,9 @@ def _job_lock(paths: JobPaths):
     while True:
         fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise NodeError(f"job {paths.job_id} is locked by another vtorque "
-                                        f"process on this node for more than "
-                                        f"{LOCK_TIMEOUT:g} s") from None
-                    time.sleep(0.05)
+            if not flock_within(fd, max(deadline - time.monotonic(), 0.0)):
+                raise NodeError(f"job {paths.job_id} is locked by another vtorque process "
+                                f"on this node for more than {LOCK_TIMEOUT:g} s")
             try:
                 same = os.stat(paths.lock, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -259,7 +251,7 @@ def _provision(paths: JobPaths, specs: list[GuestSpec], host: Host, config: Conf
             write_seed_iso(spec.seed.path, documents, uid=spec.qemu_uid, gid=spec.qemu_gid)
             made.append(spec.seed.path)
         begun = time.monotonic()
-        uuid = (restore.try_restore(spec, template, host, config)
+        uuid = (restore.try_restore(spec, image, template, host, config)
                 if template is not None else None)
         started_from[spec.name] = "snapshot" if uuid else "boot"
         if uuid is None:

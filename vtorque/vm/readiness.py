@@ -99,8 +99,11 @@ def console_tail(path: str, lines: int = 3) -> str:
 
 def wait_ready(specs: Sequence[GuestSpec], timeout: float,
                state_of: Callable[[str], str | None],
-               clock: Callable[[], float] = time.monotonic) -> dict[str, float]:
-    """Wait until every guest printed its ready line; return seconds to ready per guest.
+               clock: Callable[[], float] = time.monotonic,
+               line_of: Callable[[GuestSpec], str] = lambda spec: spec.ready_line
+               ) -> dict[str, float]:
+    """Wait until every guest printed its ready line (`line_of`: another line, such as a
+    snapshot template's); return seconds to ready per guest.
 
     Fails fast when a guest stops running; raises GuestTimeout naming the guests that did
     not answer (with their last console lines) once `timeout` has passed.
@@ -112,7 +115,7 @@ def wait_ready(specs: Sequence[GuestSpec], timeout: float,
     while pending:
         for name, spec in list(pending.items()):
             if spec.ready_url and api_answers(spec.ready_url) or \
-                    not spec.ready_url and console_has(spec.console_log, spec.ready_line):
+                    not spec.ready_url and console_has(spec.console_log, line_of(spec)):
                 ready[name] = clock() - start
                 del pending[name]
         if not pending:

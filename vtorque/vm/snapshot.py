@@ -18,6 +18,7 @@ import hashlib
 import json
 import secrets
 import struct
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
@@ -30,12 +31,13 @@ from vtorque.vm.spec import METADATA_NS, GuestSpec
 # then never used (the format is part of every template's key).
 TEMPLATE_FORMAT = 1
 TEMPLATE_READY_PREFIX = "vtorque-template-ready"
-# Spare PCIe root ports of a q35 template, one per device hot-plugged after a restore
-# (seed, NIC, data disk) and one to spare.
-HOTPLUG_PORTS = 4
+# Devices a restore may hot-plug (seed, data disk, NIC): a q35 template gets a PCIe root
+# port for each of its own PCI devices, one for each of these, and one to spare.
+HOTPLUG_DEVICES = 3
 # Seed files of a restored test guest (scripts/build-test-image reads them).
 SEED_CMDLINE = "vtorque-cmdline"
 SEED_ENTROPY = "vtorque-entropy"
+SEED_TIME = "vtorque-time"
 ENTROPY_BYTES = 64
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 # libvirt's save image: a header (magic, version, XML length, ...; 92 bytes in versions
@@ -57,7 +59,18 @@ def not_eligible(spec: GuestSpec, image: Image, config: Config) -> str | None:
     if spec.hostdevs:
         # A VF's state is the adapter's, not QEMU's: it cannot be saved or restored.
         return "the guest has a passed-through device (VFIO), which cannot be restored"
+    if spec.hugepage_kib:
+        # A template would take pages of the node's pool that no job holds.
+        return "the guest's memory is on huge pages"
     return None
+
+
+def root_ports(spec: GuestSpec) -> int:
+    """PCIe root ports a q35 template of `spec` needs (pc: none, its bus has slots)."""
+    if spec.machine != "q35":
+        return 0
+    own = int(spec.host_share) + len(spec.shares) + int(spec.rng)
+    return own + HOTPLUG_DEVICES + 1
 
 
 @dataclass(frozen=True)
@@ -111,30 +124,35 @@ def template_spec(spec: GuestSpec, shape: TemplateShape, *, name: str, token: st
                   console_log: str, placeholder_dir: str, qemu_uid: int,
                   qemu_gid: int) -> GuestSpec:
     """The template guest of `spec`'s shape: the same hardware with nothing of a job (no
-    seed, NIC, data disk, pinning or host NUMA binding, job tag), shares pointing at an
-    empty directory, and spare ports for what a restore hot-plugs."""
+    seed, NIC, data disk, job tag), shares pointing at an empty directory, and spare
+    ports for what a restore hot-plugs. It runs where the job's guest will (its cores,
+    its NUMA nodes): where a guest runs is not part of its saved state."""
     shares = tuple(dataclasses.replace(share, source=placeholder_dir)
                    for share in spec.shares)
     return dataclasses.replace(
         spec, job_id="template", rank=0, node="", name=name, hostname="template",
-        title=f"vtorque template of image {shape.image_name}", cpuset=(), vcpu_sets=(),
-        numa_nodeset=None,
+        title=f"vtorque template of image {shape.image_name}",
         cmdline=" ".join(filter(None, [shape.cmdline, f"vtorque.template={token}"])),
         overlay=None, base_image=None, scratch=None, scratch_mib=0, seed=None, nic=None,
         console_log=console_log, ready_token=token, qemu_uid=qemu_uid, qemu_gid=qemu_gid,
         rdma=None, hostdevs=(), shares=shares, owner_uid=None, owner_gid=None,
-        genid=True, hotplug_ports=HOTPLUG_PORTS if spec.machine == "q35" else 0)
+        genid=True, hotplug_ports=root_ports(spec), template_key=shape.key())
 
 
 def template_ready_line(token: str) -> str:
+    """What the template guest prints at its snapshot point."""
     return f"{TEMPLATE_READY_PREFIX} {token}"
 
 
-def restore_documents(spec: GuestSpec, entropy: bytes | None = None) -> dict[str, str]:
+def restore_documents(spec: GuestSpec, entropy: bytes | None = None,
+                      now: float | None = None) -> dict[str, str]:
     """The seed files only a restored guest reads: its job's kernel command line words
-    (its real command line is the template's) and fresh entropy from the host."""
+    (its real command line is the template's), fresh entropy from the host (credited and
+    reseeded by the guest), and the host's time (its clock is the template's)."""
     entropy = entropy if entropy is not None else secrets.token_bytes(ENTROPY_BYTES)
-    return {SEED_CMDLINE: (spec.cmdline or "") + "\n", SEED_ENTROPY: entropy.hex() + "\n"}
+    now = time.time() if now is None else now
+    return {SEED_CMDLINE: (spec.cmdline or "") + "\n", SEED_ENTROPY: entropy.hex() + "\n",
+            SEED_TIME: f"{int(now)}\n"}
 
 
 def stream_offset(header: bytes) -> int:
@@ -172,10 +190,15 @@ def restored_domain_xml(template_xml: str, own_xml: str) -> str:
     shares. There is no
     UUID (libvirt makes one) and an empty generation ID (libvirt draws a new one), and
     QEMU starts waiting for the saved state (`-incoming defer`)."""
+    try:
+        return _restored(ET.fromstring(template_xml), ET.fromstring(own_xml))
+    except (ET.ParseError, AttributeError, TypeError) as exc:
+        raise HypervisorError(f"the template's definition cannot be used: {exc}") from None
+
+
+def _restored(root: ET.Element, own: ET.Element) -> str:
     ET.register_namespace("qemu", QEMU_NS)
     ET.register_namespace("vt", METADATA_NS)
-    root = ET.fromstring(template_xml)
-    own = ET.fromstring(own_xml)
     for tag in ("uuid", "genid", "cputune", "numatune", "resource", "qemu:commandline"):
         for elem in root.findall(tag.replace("qemu:", f"{{{QEMU_NS}}}")):
             root.remove(elem)
@@ -224,14 +247,15 @@ _ORDER = ("name", "uuid", "genid", "title", "description", "metadata", "maxMemor
 
 
 def _position(root: ET.Element, tag: str) -> int:
-    """Index at which to insert `tag` so that it follows the elements before it."""
+    """Index at which to insert `tag` so that it follows the elements before it (a
+    seclabel goes last, after the devices)."""
+    if tag == "seclabel":
+        return len(root)
     before = set(_ORDER[:_ORDER.index(tag)]) if tag in _ORDER else set()
     index = 0
     for i, child in enumerate(root):
         if child.tag in before:
             index = i + 1
-    if tag == "seclabel":
-        return len(root)
     return index
 
 

@@ -113,6 +113,7 @@ class GuestSpec:
     # kernel reseeds on, and spare PCIe ports for the devices a restore hot-plugs.
     genid: bool = False
     hotplug_ports: int = 0
+    template_key: str | None = None  # set on the template guest itself: its shape's key
 
     @property
     def hostdev_addresses(self) -> tuple[tuple[str, str, str, str], ...]:

@@ -29,6 +29,7 @@ from vtorque.files import (
     FILE,
     atomic_write,
     ensure_trusted_dir,
+    flock_within,
     path_problem,
     read_trusted,
     remove_tree,
@@ -40,6 +41,10 @@ _META_LIMIT = 1 << 16
 _XML_LIMIT = 1 << 20
 
 
+class TemplateBusy(NodeError):
+    """Another process holds the template's lock."""
+
+
 @dataclass(frozen=True)
 class Template:
     key: str
@@ -48,6 +53,7 @@ class Template:
     offset: int             # where QEMU's migration stream begins in `state`
     size: int               # bytes of `state`
     image_name: str
+    inode: int = 0          # of `state` when it was found: a rebuilt one is another
 
 
 class TemplateStore:
@@ -69,23 +75,32 @@ class TemplateStore:
 
     @contextlib.contextmanager
     def locked(self, key: str, timeout: float = LOCK_TIMEOUT):
-        """Hold the template's lock: one builder per shape, no reader of a half-made one."""
+        """Hold the template's lock: one builder per shape, no reader of a half-made one.
+        TemplateBusy when another process holds it for longer than `timeout` (0: at once)."""
         self.prepare()
         directory = ensure_trusted_dir(self.directory(key), 0o700)
         fd = os.open(os.path.join(directory, "lock"),
                      os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise NodeError(f"template {key} is locked by another vtorque "
-                                        f"process for more than {timeout:g} s") from None
-                    time.sleep(0.1)
+            if not flock_within(fd, timeout, poll=0.1):
+                raise TemplateBusy(f"template {key} is being built or checked by another "
+                                   "vtorque process on this node")
             yield directory
+        finally:
+            os.close(fd)
+
+    def is_locked(self, key: str) -> bool:
+        """Whether a process holds the template's lock now (a build in progress)."""
+        path = os.path.join(self.directory(key), "lock")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            if flock_within(fd, 0):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return False
+            return True
         finally:
             os.close(fd)
 
@@ -105,13 +120,15 @@ class TemplateStore:
                 path_problem(state, FILE, private=True, single_link=True):
             return None
         try:
-            size = os.stat(state, follow_symlinks=False).st_size
+            st = os.stat(state, follow_symlinks=False)
         except OSError:
             return None
         offset = meta.get("offset")
-        if size != meta.get("size") or not isinstance(offset, int) or not 0 < offset < size:
+        if st.st_size != meta.get("size") or not isinstance(offset, int) or \
+                not 0 < offset < st.st_size:
             return None
-        return Template(shape.key(), state, xml, offset, size, shape.image_name)
+        return Template(shape.key(), state, xml, offset, st.st_size, shape.image_name,
+                        st.st_ino)
 
     def publish(self, shape: TemplateShape, directory: str, xml: str, offset: int,
                 build_seconds: float) -> Template:
@@ -119,13 +136,14 @@ class TemplateStore:
         state = os.path.join(directory, "state")
         os.chown(state, 0, 0)
         os.chmod(state, 0o600)
-        size = os.stat(state).st_size
+        st = os.stat(state)
+        size = st.st_size
         atomic_write(os.path.join(directory, "domain.xml"), xml, mode=0o600)
         atomic_write(os.path.join(directory, "meta.json"), json.dumps({
             "shape": shape.to_dict(), "offset": offset, "size": size,
             "created": time.time(), "build_seconds": round(build_seconds, 3)}), mode=0o600)
         self.clear_failure(shape.key())
-        return Template(shape.key(), state, xml, offset, size, shape.image_name)
+        return Template(shape.key(), state, xml, offset, size, shape.image_name, st.st_ino)
 
     def discard(self, key: str) -> None:
         """Drop a template's state (the lock and the failure record stay)."""
@@ -134,24 +152,54 @@ class TemplateStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(directory, name))
 
-    def record_failure(self, key: str, reason: str) -> None:
+    def record_failure(self, key: str, reason: str, image_name: str) -> None:
         atomic_write(os.path.join(self.directory(key), "failed"),
-                     json.dumps({"at": time.time(), "reason": reason[:500]}), mode=0o600)
+                     json.dumps({"at": time.time(), "reason": reason[:500],
+                                 "image_name": image_name}), mode=0o600)
 
     def clear_failure(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.directory(key), "failed"))
 
-    def recent_failure(self, key: str, retry_after: float) -> str | None:
-        """Why this shape's template failed less than `retry_after` seconds ago."""
+    def _failure(self, key: str) -> dict:
         try:
             data = json.loads(read_trusted(os.path.join(self.directory(key), "failed"),
                                            "template failure", limit=_META_LIMIT,
                                            private=True))
+        except (FileNotFoundError, NodeError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def recent_failure(self, key: str, retry_after: float) -> str | None:
+        """Why this shape's template failed less than `retry_after` seconds ago."""
+        data = self._failure(key)
+        try:
             at, reason = float(data["at"]), str(data["reason"])
-        except (FileNotFoundError, NodeError, ValueError, KeyError, TypeError):
+        except (KeyError, TypeError, ValueError):
             return None
         return reason if time.time() - at < retry_after else None
+
+    def mark_used(self, template: Template) -> None:
+        """Note a use (the least recently used templates are pruned first)."""
+        with contextlib.suppress(OSError):
+            os.utime(os.path.join(self.directory(template.key), "meta.json"))
+
+    def prune(self, keep: int) -> list[str]:
+        """Keep the `keep` most recently used templates; remove the others not being
+        built or checked right now. The keys removed."""
+        used = []
+        for key, meta in self.entries():
+            if meta is None:
+                continue
+            with contextlib.suppress(OSError):
+                used.append((os.stat(os.path.join(self.directory(key),
+                                                  "meta.json")).st_mtime, key))
+        removed = []
+        for _mtime, key in sorted(used, reverse=True)[keep:]:
+            if not self.is_locked(key):
+                self.remove(key)
+                removed.append(key)
+        return removed
 
     def entries(self) -> list[tuple[str, dict | None]]:
         """(key, meta or None) of every template directory."""
@@ -176,10 +224,12 @@ class TemplateStore:
         remove_tree(self.directory(key))
 
     def remove_image(self, image_name: str) -> list[str]:
-        """Remove every template of `image_name`; the keys removed."""
+        """Remove every template of `image_name`, failed ones included; the keys removed."""
         removed = []
         for key, meta in self.entries():
-            if meta and meta.get("shape", {}).get("image_name") == image_name:
+            name = (meta or {}).get("shape", {}).get("image_name") if meta else \
+                self._failure(key).get("image_name")
+            if name == image_name:
                 self.remove(key)
                 removed.append(key)
         return removed
