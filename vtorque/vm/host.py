@@ -161,18 +161,14 @@ class Host:
                                   f"{_message(exc)}") from None
         try:
             self._qmp(dom, "getfd", {"fdname": "vtorque-state"}, files=[state_fd])
-            self._qmp(dom, "migrate-incoming", {"uri": "fd:vtorque-state"})
-            deadline = time.monotonic() + timeout
-            while True:
-                status = self._qmp(dom, "query-migrate").get("status")
-                if status == "completed":
-                    break
-                if status in ("failed", "cancelled"):
-                    raise SavedStateError(f"QEMU could not load the saved state ({status})")
-                if time.monotonic() > deadline:
-                    raise SavedStateError(f"loading the saved state took more than "
-                                          f"{timeout:g} s")
-                time.sleep(0.02)
+            try:
+                self._load(dom, timeout)
+            except SavedStateError:
+                raise
+            except HypervisorError as exc:
+                # QEMU exits when it cannot load incoming state: the monitor is gone.
+                raise SavedStateError(f"QEMU could not load the saved state: {exc}") \
+                    from None
             return dom.UUIDString()
         except BaseException:
             try:
@@ -180,6 +176,21 @@ class Host:
             except libvirt.libvirtError:
                 pass
             raise
+
+    def _load(self, dom, timeout: float) -> None:
+        """Have QEMU read the state from the descriptor it was given, until it is in."""
+        self._qmp(dom, "migrate-incoming", {"uri": "fd:vtorque-state"})
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self._qmp(dom, "query-migrate").get("status")
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled"):
+                raise SavedStateError(f"QEMU could not load the saved state ({status})")
+            if time.monotonic() > deadline:
+                raise SavedStateError(f"loading the saved state took more than "
+                                      f"{timeout:g} s")
+            time.sleep(0.02)
 
     def attach(self, name: str, device_xml: str) -> None:
         """Hot-plug a device into the running (or paused) domain."""
