@@ -188,3 +188,19 @@ def test_a_node_without_huge_pages(make_config: Any, tmp_path: Path) -> None:
                                             "pages: unavailable; jobs asking -vm hugepages "
                                             "are refused here")
     assert doctor.check_hugepages(make_config()).status in ("ok", "fail")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the template store trusts root's files only")
+def test_snapshot_templates_counted_and_failed_ones_warned(make_config: Any,
+                                                          tmp_path: Path) -> None:
+    from vtorque.vm.template_store import TemplateStore
+    config = make_config({"state_dir": str(tmp_path / "state")})
+    assert doctor.check_templates(config).detail.startswith("0 in ")
+    store = TemplateStore(config.state_dir)
+    with store.locked("a" * 32):
+        store.record_failure("a" * 32, "did not reach its snapshot point", "testguest")
+    check = doctor.check_templates(config)
+    assert check.status == doctor.WARN and "1 failed" in check.detail
+    off = make_config({"state_dir": str(tmp_path / "state"),
+                       "snapshots": {"enabled": False}})
+    assert "every guest boots" in doctor.check_templates(off).detail

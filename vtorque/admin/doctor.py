@@ -231,6 +231,31 @@ def check_space(config) -> list[Check]:
     return out
 
 
+def check_templates(config) -> Check:
+    """The node's snapshot templates: how many, their size, and the ones that failed."""
+    from vtorque.files import path_problem
+    from vtorque.units import format_mib
+    from vtorque.vm.template_store import TemplateStore
+    store = TemplateStore(config.state_dir)
+    if not config.snapshots.enabled:
+        return Check("snapshot templates", OK, "snapshots.enabled is false: every guest "
+                     "boots")
+    problem = path_problem(store.root, missing_ok=True)
+    if problem:
+        return Check("snapshot templates", FAIL, problem, f"remove {store.root}; vtorque "
+                     "makes it again (root's, 0711)")
+    entries = store.entries()
+    ready = [meta for _key, meta in entries if meta]
+    failed = len(entries) - len(ready)
+    detail = (f"{len(ready)} in {store.root} ({format_mib(store.bytes_used() >> 20)}), "
+              f"keep {config.snapshots.keep}")
+    if failed:
+        return Check("snapshot templates", WARN, detail + f"; {failed} failed or being "
+                     "built (the node's log says why)", "guests of those shapes boot; "
+                     "the template is tried again after snapshots.retry_after")
+    return Check("snapshot templates", OK, detail)
+
+
 def check_hugepages(config) -> Check:
     """Each huge page pool (size, total, free, reserved, per NUMA node) and the pages held
     for guests being started; a fail when the site's default page size has no pages."""
@@ -309,7 +334,7 @@ def run_checks(config, hooks: str | None = None) -> list[Check]:
         checks.append(Check("hooks", *doctor_hooks.check_hooks(config, system, hooks)))
         checks.append(Check("job shell", *doctor_hooks.check_job_shell(config)))
     checks += check_space(config)
-    checks += [check_hugepages(config), check_rdma(config)]
+    checks += [check_hugepages(config), check_rdma(config), check_templates(config)]
     return checks
 
 
