@@ -255,25 +255,13 @@ def test_teardown_and_the_reaper_find_a_jobs_held_pages(cfg: Any, root: Path,
     reaper see them, and the teardown leaves nothing."""
     from vtorque.admin import reaper
     from vtorque.epilogue import teardown
-    from vtorque.errors import UnknownJobError
     request, placements = _plan(cfg, root, "vcpus=2,ram=2G,hugepages=1G", (0, 1))
     reservations.reserve(cfg, "11.srv", request, placements, "vtnode1")
     assert teardown.has_local_state("11.srv", cfg)
     assert not teardown.has_local_state("12.srv", cfg)
 
-    class Server:
-        def job(self, job_id: str) -> Any:
-            raise UnknownJobError("fake", job_id)
-
-    class NoHost:       # no libvirt here: the job has no domains
-        def __init__(self, uri: str) -> None: ...
-        def __enter__(self) -> "NoHost": return self
-        def __exit__(self, *exc: object) -> None: ...
-        def tagged_domains(self, job_id: str | None = None, node: str | None = None) -> list:
-            return []
-        def state(self, name: str) -> None: return None
-        def template_domains(self) -> list: return []
-
+    from tests.standins.empty_node import ForgetfulServer as Server
+    from tests.standins.empty_node import NoHost
     from vtorque.vm import host, lifecycle
     monkeypatch.setattr(host, "Host", NoHost)
     monkeypatch.setattr(lifecycle, "Host", NoHost)

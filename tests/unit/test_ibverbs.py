@@ -227,24 +227,12 @@ def test_reaper_reclaims_functions_of_a_dead_job(root: Path, ib_config: Any,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from vtorque.admin import reaper
     from vtorque.epilogue import teardown
-    from vtorque.errors import UnknownJobError
     vfs = fake_sysfs.connectx_node(root)
     pool.assign(ib_config, "11.srv", [0, 1])        # its prologue died before the job dir
     assert teardown.has_local_state("11.srv", ib_config)
 
-    class Server:
-        def job(self, job_id: str) -> Any:
-            raise UnknownJobError("fake", job_id)
-
-    class NoHost:       # no libvirt here: the job has no domains
-        def __init__(self, uri: str) -> None: ...
-        def __enter__(self) -> "NoHost": return self
-        def __exit__(self, *exc: object) -> None: ...
-        def tagged_domains(self, job_id: str | None = None, node: str | None = None) -> list:
-            return []
-        def state(self, name: str) -> None: return None
-        def template_domains(self) -> list: return []
-
+    from tests.standins.empty_node import ForgetfulServer as Server
+    from tests.standins.empty_node import NoHost
     from vtorque.vm import host, lifecycle
     monkeypatch.setattr(host, "Host", NoHost)
     monkeypatch.setattr(lifecycle, "Host", NoHost)

@@ -279,12 +279,8 @@ class Host:
                        node: str | None = None) -> list[TaggedDomain]:
         """Every domain carrying our job tag (of `job_id` only, compared exactly; of
         `node` only when given, for hypervisors that serve several batch nodes)."""
-        try:
-            domains = self._conn.listAllDomains(0)
-        except libvirt.libvirtError as exc:
-            raise HypervisorError(f"cannot list guests: {_message(exc)}") from None
         found = []
-        for dom in domains:
+        for dom in self._all_domains():
             tag = _job_tag(dom)
             if tag is None or (job_id is not None and tag[0] != job_id):
                 continue
@@ -300,14 +296,16 @@ class Host:
                 raise HypervisorError(f"cannot query guest: {_message(exc)}") from None
         return sorted(found, key=lambda d: (d.job_id, d.rank, d.name))
 
-    def template_domains(self) -> list[tuple[str, str]]:
-        """(name, template key) of every snapshot template guest vtorque started."""
+    def _all_domains(self) -> list:
         try:
-            domains = self._conn.listAllDomains(0)
+            return self._conn.listAllDomains(0)
         except libvirt.libvirtError as exc:
             raise HypervisorError(f"cannot list guests: {_message(exc)}") from None
+
+    def template_domains(self) -> list[tuple[str, str]]:
+        """(name, template key) of every snapshot template guest vtorque started."""
         found = []
-        for dom in domains:
+        for dom in self._all_domains():
             try:
                 text = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS, 0)
                 elem = ET.fromstring(text)
