@@ -37,3 +37,9 @@ def set_pool(root: Path, page_kib: int, per_node: list[tuple[int, int]],
     _write(base / "resv_hugepages", f"{reserved}\n")
     _write(base / "surplus_hugepages", "0\n")
     _write(base / "nr_overcommit_hugepages", "0\n")
+    # libvirt needs a hugetlbfs of the size mounted (vm/hugepages.hugetlbfs_mounted).
+    mounts = root / "proc" / "self" / "mounts"
+    line = f"hugetlbfs /dev/hugepages-{page_kib} hugetlbfs rw,relatime,pagesize={page_kib}k\n"
+    text = mounts.read_text() if mounts.exists() else ""
+    if line not in text:
+        _write(mounts, text + line)

@@ -272,3 +272,19 @@ def test_teardown_and_the_reaper_find_a_jobs_held_pages(cfg: Any, root: Path,
     assert not teardown.has_local_state("11.srv", cfg)
     paths = lifecycle.paths_for("11.srv", cfg)
     assert not os.path.lexists(paths.lock) and not os.path.lexists(paths.job_dir)
+
+
+def test_libvirt_needs_a_hugetlbfs_of_the_page_size_mounted(tmp_path: Path) -> None:
+    """Seen on the real libvirt 9.0: without one it refuses the guest ("hugetlbfs
+    filesystem is not mounted or disabled by administrator config")."""
+    from vtorque.vm.hugepages import hugetlbfs_mounted
+    mounts = tmp_path / "proc" / "self" / "mounts"
+    mounts.parent.mkdir(parents=True)
+    assert not hugetlbfs_mounted(str(tmp_path), 2048)
+    mounts.write_text("proc /proc proc rw 0 0\n"
+                      "hugetlbfs /dev/hugepages hugetlbfs rw,relatime 0 0\n")
+    assert hugetlbfs_mounted(str(tmp_path), 2048)          # no pagesize=: the default
+    assert not hugetlbfs_mounted(str(tmp_path), 1 << 20)
+    mounts.write_text("none /hp1g hugetlbfs rw,pagesize=1G 0 0\n")
+    assert hugetlbfs_mounted(str(tmp_path), 1 << 20)
+    assert not hugetlbfs_mounted(str(tmp_path), 2048)

@@ -296,6 +296,13 @@ def check_hugepages(config) -> Check:
                          "for 1G) or set defaults.hugepages: no")
     if not any(pool.total for pool in pools):
         return Check("huge pages", OK, detail + "; jobs asking -vm hugepages are refused here")
+    unmounted = [hugepages.page_text(p.page_kib) for p in pools if p.total and
+                 not hugepages.hugetlbfs_mounted(config.numa.sysfs_root, p.page_kib)]
+    if unmounted:
+        return Check("huge pages", WARN, detail + f"; no hugetlbfs mounted for "
+                     f"{', '.join(unmounted)} pages: libvirt refuses guests on them",
+                     "mount one per page size (mount -t hugetlbfs -o pagesize=2M none "
+                     "/dev/hugepages), then restart libvirtd")
     return Check("huge pages", OK, detail)
 
 

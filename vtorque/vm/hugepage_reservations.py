@@ -17,13 +17,13 @@ import time
 from collections.abc import Mapping
 
 from vtorque.config import Config
-from vtorque.errors import ResourceError
+from vtorque.errors import NodeError, ResourceError
 from vtorque.ledger import Ledger
 from vtorque.request import VmRequest
 from vtorque.text import one_line
 from vtorque.units import format_mib
 from vtorque.vm import HUGEPAGE_LEDGER
-from vtorque.vm.hugepages import Pool, page_text, pool_of, read_pools
+from vtorque.vm.hugepages import Pool, hugetlbfs_mounted, page_text, pool_of, read_pools
 from vtorque.vm.numa import GuestPlacement
 
 # The demand of guests whose memory is not bound to a NUMA node: any node's pages do.
@@ -127,6 +127,12 @@ def check(config: Config, job_id: str, request: VmRequest,
     if not request.hugepage_mib:
         return
     page_kib = request.hugepage_mib * 1024
+    if not hugetlbfs_mounted(config.numa.sysfs_root, page_kib):
+        # A node's set-up, not the job's: libvirt would refuse every such guest here.
+        size = "1G" if page_kib == 1 << 20 else f"{page_kib // 1024}M"
+        raise NodeError(f"node {node_name} has no hugetlbfs of {page_text(page_kib)} pages "
+                        f"mounted, which libvirt needs for -vm hugepages (mount -t hugetlbfs "
+                        f"-o pagesize={size} none DIR, then restart libvirtd)")
     problem = shortfall(request, placements, read_pools(config.numa.sysfs_root),
                         _held(ledger(config).read(), job_id, page_kib), node_name)
     if problem:

@@ -96,3 +96,36 @@ def read_pools(sysfs_root: str) -> tuple[Pool, ...]:
 
 def pool_of(pools: tuple[Pool, ...], page_kib: int) -> Pool | None:
     return next((p for p in pools if p.page_kib == page_kib), None)
+
+
+MOUNTS = "proc/self/mounts"
+
+
+def hugetlbfs_mounted(sysfs_root: str, page_kib: int, default_kib: int = 2048) -> bool:
+    """Whether a hugetlbfs of `page_kib` pages is mounted (under `sysfs_root`'s
+    proc/self/mounts): libvirt puts a guest's huge pages in one and refuses the guest
+    without ("hugetlbfs filesystem is not mounted"). A mount without pagesize= has the
+    kernel's default size."""
+    try:
+        with open(os.path.join(sysfs_root, MOUNTS)) as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 4 or fields[2] != "hugetlbfs":
+            continue
+        options = dict(o.partition("=")[::2] for o in fields[3].split(","))
+        size = options.get("pagesize")
+        kib = default_kib if not size else _size_kib(size)
+        if kib == page_kib:
+            return True
+    return False
+
+
+def _size_kib(text: str) -> int | None:
+    units = {"K": 1, "M": 1024, "G": 1024 * 1024}
+    number, unit = text[:-1], text[-1:].upper()
+    if unit in units and number.isdigit():
+        return int(number) * units[unit]
+    return None
