@@ -310,6 +310,12 @@ class OpenPBSCluster(RealCluster):
         cluster = cls(root, pool, nodes, os.path.join(env["PBS_EXEC"], "bin"), env)
         cluster.write_configs(**overrides)
         cluster.install_hooks()
+        # A MoM that starts with jobs of an earlier session in its spool runs their end
+        # hooks at once, with the hook an earlier session installed, before this one's
+        # configs exist: the hook then takes its vnode offline ("config ...: file not
+        # found", seen once in CI). Nothing of that concerns this session's tests.
+        for node in cluster.offline():
+            cluster.clear(node)
         return cluster
 
     def job_shell_of(self, node: str) -> Path:
