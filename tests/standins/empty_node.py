@@ -30,6 +30,3 @@ class NoHost:
 
     def state(self, name: str) -> None:
         return None
-
-    def template_domains(self) -> list:
-        return []

@@ -251,3 +251,29 @@ def test_local_jobs_reads_journals(config: Any, monkeypatch: pytest.MonkeyPatch)
     teardown.clean_node("42.h", config)
     assert not markers.marked(config, "42.h")
     assert reaper.local_jobs(config) == {"40.h", "41[2].h"}
+
+
+def test_template_guests_are_a_pass_of_their_own_that_asks_only_libvirt(
+        monkeypatch, make_config) -> None:
+    from vtorque.errors import HypervisorError
+    from vtorque.vm import host as host_mod
+    from vtorque.vm import restore
+    cfg = make_config({})
+
+    class Leftover:
+        def __init__(self, uri): ...
+        def __enter__(self): return self
+        def __exit__(self, *exc): ...
+        def template_domains(self): return [("vtorque-template-abc", "c" * 32)]
+
+    monkeypatch.setattr(host_mod, "Host", Leftover)
+    monkeypatch.setattr(restore, "reap_templates", lambda host, config: ["vtorque-template-abc"])
+    assert [(v.action, v.reason) for v in reaper.reap_template_guests(cfg)] == [
+        ("reaped", "snapshot template guest vtorque-template-abc left by a killed build")]
+    assert [v.action for v in reaper.reap_template_guests(cfg, dry_run=True)] == ["reaped"]
+
+    def unreachable(uri):
+        raise HypervisorError("cannot connect to libvirt at qemu:///system: no socket")
+    monkeypatch.setattr(host_mod, "Host", unreachable)
+    [verdict] = reaper.reap_template_guests(cfg)
+    assert verdict.action == "unknown" and "cannot connect" in verdict.reason

@@ -154,11 +154,12 @@ def cmd_job_shell(args) -> int:
 
 
 def cmd_reap(args) -> int:
-    from vtorque.admin.reaper import reap
+    from vtorque.admin.reaper import reap, reap_template_guests
     from vtorque.batch import registry
     cfg = _load(args)
     verdicts = reap(cfg, registry.get(cfg.batch.system, cfg.batch.bin_dir),
                     dry_run=args.dry_run)
+    verdicts += reap_template_guests(cfg, dry_run=args.dry_run)
     for v in verdicts:
         print(f"{v.job_id}\t{v.action}\t{v.reason}")
     return 1 if any(v.action == "unknown" for v in verdicts) else 0

@@ -129,13 +129,13 @@ def reap(config: Config, batch: BatchSystem, *, dry_run: bool = False) -> list[V
                 continue
         verdicts.append(Verdict(job_id, "reaped", reason))
     verdicts += _empty_dirs(config, dry_run)
-    verdicts += _template_guests(config, dry_run)
     return verdicts
 
 
-def _template_guests(config: Config, dry_run: bool) -> list[Verdict]:
+def reap_template_guests(config: Config, *, dry_run: bool = False) -> list[Verdict]:
     """Snapshot template guests left by a build that was killed (its prologue killed at
-    the batch system's alarm): no job owns them, no job's teardown finds them."""
+    the batch system's alarm): no job owns them, no job's teardown finds them. A pass of
+    its own beside reap(): it asks libvirt only, never the batch system."""
     from vtorque.vm import restore
     from vtorque.vm.host import Host
     try:

@@ -46,6 +46,7 @@ class Host:
     def __init__(self, uri: str, retries: int = 3, retry_delay: float = 1.0):
         self.uri = uri
         self._lock = threading.Lock()
+        self._versions: tuple[int, int] | None = None
         last = None
         for attempt in range(retries):
             try:
@@ -119,12 +120,15 @@ class Host:
 
     def versions(self) -> tuple[int, int]:
         """(hypervisor, libvirt) versions as libvirt reports them (major*1e6 + minor*1e3
-        + release): a saved guest state is only loaded by the QEMU that saved it."""
-        try:
-            return self._conn.getVersion(), self._conn.getLibVersion()
-        except libvirt.libvirtError as exc:
-            raise HypervisorError(f"cannot read the hypervisor's version: {_message(exc)}") \
-                from None
+        + release): a saved guest state is only loaded by the QEMU that saved it. Asked
+        once per connection (every guest of a job compares its shape)."""
+        if self._versions is None:
+            try:
+                self._versions = (self._conn.getVersion(), self._conn.getLibVersion())
+            except libvirt.libvirtError as exc:
+                raise HypervisorError(f"cannot read the hypervisor's version: "
+                                      f"{_message(exc)}") from None
+        return self._versions
 
     def definition(self, name: str) -> str:
         """The domain's definition (VIR_DOMAIN_XML_INACTIVE) with the PCI addresses

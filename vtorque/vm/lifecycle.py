@@ -34,7 +34,7 @@ from vtorque.files import ensure_trusted_dir, flock_within, make_dir, remove_fil
 from vtorque.images import Catalog, Image
 from vtorque.journal import JobPaths, Journal
 from vtorque.request import VmRequest, check_fits_node, check_image_matches, image_name
-from vtorque.vm import disks, hugepage_reservations, identity, numa, readiness, restore, snapshot
+from vtorque.vm import disks, hugepage_reservations, identity, numa, readiness
 from vtorque.vm.addresses import AddressBlock
 from vtorque.vm.host import Host
 from vtorque.vm.render import domain_xml, network_filters
@@ -237,6 +237,8 @@ def _provision(paths: JobPaths, specs: list[GuestSpec], host: Host, config: Conf
     if any(spec.nic and spec.nic.peers for spec in specs):
         host.ensure_filters(network_filters())
     timeouts = config.timeouts
+    # Here, not at the top: down() (every VM job's epilogue) needs none of it.
+    from vtorque.vm import restore, snapshot
     template, note = restore.template_or_reason(specs[0], image, host, config)
     started_from: dict[str, str] = {}
 
